@@ -1,0 +1,50 @@
+// The seed's first program (asyncio_executor_thread.py) in C++: six calls of
+// blocks(n) on a 3-thread pool, awaited with wait() from a coroutine. Each log
+// line names the thread that wrote it, as Python's
+// '%(threadName)10s %(name)18s: %(message)s' does.
+#include <chrono>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <uvexec/uvexec.hpp>
+
+namespace {
+
+void log(std::string_view name, std::string_view message) {
+    std::string_view thread = uvexec::this_worker::name();
+    fmt::print(stderr, "{:>10} {:>18}: {}\n", thread.empty() ? "MainThread" : thread, name, message);
+}
+
+int blocks(int n) {
+    auto name = fmt::format("blocks({})", n);
+    log(name, "running");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    log(name, "done");
+    return n * n;
+}
+
+uvexec::task<void> run_blocking_tasks(uvexec::loop& loop, uvexec::thread_pool_executor& executor) {
+    log("run_blocking_tasks", "starting");
+    log("run_blocking_tasks", "creating executor tasks");
+    std::vector<uvexec::future<int>> blocking_tasks;
+    for (int i = 0; i < 6; ++i) blocking_tasks.push_back(loop.run_in_executor(executor, blocks, i));
+    log("run_blocking_tasks", "waiting for executor tasks");
+    auto [completed, pending] = co_await uvexec::wait(std::move(blocking_tasks));
+    std::vector<int> results;
+    for (auto& t : completed) results.push_back(t.result());
+    log("run_blocking_tasks", fmt::format("results: {}", results));
+    log("run_blocking_tasks", "exiting");
+}
+
+}  // namespace
+
+int main() {
+    // Create a limited thread pool.
+    uvexec::thread_pool_executor executor{{.max_workers = 3}};
+    uvexec::loop event_loop;
+    event_loop.run_until_complete(run_blocking_tasks(event_loop, executor));
+}

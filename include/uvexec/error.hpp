@@ -1,0 +1,88 @@
+// uvexec — error types.
+//
+// Every exception uvexec throws derives from uvexec::error, so one catch clause
+// handles them all. libuv's negative status codes are carried as a
+// std::error_code in uv_category().
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+namespace uvexec {
+
+/// Base of every exception uvexec throws.
+class error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// The std::error_category of libuv's negative status codes (UV_ECANCELED, ...).
+/// message() is uv_strerror(), name() is "libuv".
+const std::error_category& uv_category() noexcept;
+
+/// Makes a std::error_code from a libuv status (a negative number).
+inline std::error_code make_uv_error_code(int status) noexcept {
+    return {-status, uv_category()};
+}
+
+/// A libuv call failed. code() holds the libuv status; what() says which call
+/// and uv_err_name/uv_strerror of the status.
+class uv_error : public error {
+public:
+    uv_error(int status, const std::string& what_failed);
+    const std::error_code& code() const noexcept { return code_; }
+
+private:
+    std::error_code code_;
+};
+
+/// The future, or the work behind it, was cancelled. Python: asyncio.CancelledError.
+class cancelled_error : public error {
+public:
+    cancelled_error() : error("uvexec: the future was cancelled") {}
+    using error::error;
+};
+
+/// A wait_for() or wait() deadline passed. Python: asyncio.TimeoutError.
+class timeout_error : public error {
+public:
+    timeout_error() : error("uvexec: the operation timed out") {}
+    using error::error;
+};
+
+/// An operation was asked of a future in the wrong state, e.g. result() of a
+/// pending future or a second set_value(). Python: asyncio.InvalidStateError.
+class invalid_state_error : public error {
+public:
+    using error::error;
+};
+
+/// Work was submitted to an executor that has been shut down.
+/// Python: RuntimeError('cannot schedule new futures after shutdown').
+class executor_shutdown_error : public error {
+public:
+    using error::error;
+};
+
+/// An executor's initializer failed; the executor accepts no more work and its
+/// queued work fails with this error. Python: BrokenThreadPool / BrokenProcessPool.
+class broken_executor_error : public error {
+public:
+    using error::error;
+};
+
+/// The loop was closed (destroyed) before the operation could be delivered to it.
+/// Python: RuntimeError('Event loop is closed').
+class loop_closed_error : public error {
+public:
+    using error::error;
+};
+
+/// A promise was destroyed without being fulfilled. Its future fails with this.
+class broken_promise_error : public error {
+public:
+    broken_promise_error() : error("uvexec: the promise was destroyed without a result") {}
+};
+
+}  // namespace uvexec

@@ -1,0 +1,144 @@
+// uvexec — future<T>: the result of work that finishes later.
+//
+// Python: asyncio.Future. A future belongs to one loop and is used on that
+// loop's thread only; completion that happens on another thread (a worker, a
+// promise set elsewhere) is carried to the loop thread first, so a coroutine
+// awaiting a future is always resumed on its loop's thread.
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+#include "uvexec/detail/future_state.hpp"
+
+namespace uvexec {
+
+class loop;
+
+template <class T>
+class future;
+
+namespace detail {
+template <class T>
+future<T> make_future(state_ptr<future_state<T>> s) noexcept;
+
+template <class T>
+struct callback_waiter final : waiter {
+    explicit callback_waiter(std::function<void(future<T>)> f)
+        : waiter(&callback_waiter::on_fire), fn(std::move(f)) {}
+    static void on_fire(waiter* w, future_state_base& s) noexcept;
+    std::function<void(future<T>)> fn;
+};
+}  // namespace detail
+
+/// A single-assignment result (a value, an exception, or "cancelled") that a
+/// coroutine can co_await. Copies share the same result, like Python futures.
+/// T may be void and may be move-only (then take the result with
+/// `co_await std::move(f)` or `std::move(f).result()`).
+template <class T>
+class future {
+public:
+    using value_type = T;
+    using state_type = detail::future_state<T>;
+
+    /// An empty future; valid() is false.
+    future() noexcept = default;
+
+    bool valid() const noexcept { return bool(state_); }
+    /// Python: Future.done() — a value, an exception, or cancelled.
+    bool done() const noexcept { return state_->done(); }
+    /// Python: Future.cancelled().
+    bool cancelled() const noexcept { return state_->state() == detail::status::cancelled; }
+    /// Python: Future.cancel(). Work not yet started is dropped; work already
+    /// running finishes, but whoever awaits this future gets cancelled_error at
+    /// once. Returns false if the future was already done.
+    bool cancel() noexcept { return state_->cancel(); }
+
+    /// Python: Future.result(). Throws the work's exception, cancelled_error,
+    /// or invalid_state_error while pending.
+    decltype(auto) result() const& { return state_->value(); }
+    /// Moves the value out (for move-only T); other copies of this future see
+    /// a moved-from value afterwards.
+    decltype(auto) result() && {
+        if constexpr (std::is_void_v<T>) return state_->value();
+        else return T(std::move(state_->value()));
+    }
+
+    /// Python: Future.exception(): null if the future holds a value.
+    std::exception_ptr exception() const { return state_->exception(); }
+
+    /// Python: Future.add_done_callback(). fn(future) runs on the loop thread
+    /// once the future is done (at once if it already is), also when cancelled.
+    void add_done_callback(std::function<void(future)> fn) {
+        if (done()) {
+            fn(*this);
+            return;
+        }
+        auto* w = new detail::callback_waiter<T>(std::move(fn));
+        state_->link(*w);
+    }
+
+    /// The loop this future belongs to (internal).
+    detail::loop_core* loop_core() const noexcept { return state_->loop(); }
+    state_type* state() const noexcept { return state_.get(); }
+
+    template <bool Move>
+    struct awaiter : detail::waiter {
+        explicit awaiter(state_type* s) noexcept : detail::waiter(&awaiter::on_fire), s_(s) {}
+        bool await_ready() const noexcept { return s_->done(); }
+        void await_suspend(std::coroutine_handle<> h) noexcept {
+            h_ = h;
+            s_->link(*this);
+        }
+        decltype(auto) await_resume() {
+            if constexpr (std::is_void_v<T>) return s_->value();
+            else if constexpr (Move) return T(std::move(s_->value()));
+            else return static_cast<T&>(s_->value());
+        }
+        static void on_fire(detail::waiter* w, detail::future_state_base&) noexcept {
+            static_cast<awaiter*>(w)->h_.resume();
+        }
+        state_type* s_;
+        std::coroutine_handle<> h_;
+    };
+
+    /// co_await f      → T& (the shared value), or throws.
+    awaiter<false> operator co_await() & noexcept { return awaiter<false>{state_.get()}; }
+    /// co_await std::move(f) → T (moved out), or throws.
+    awaiter<true> operator co_await() && noexcept { return awaiter<true>{state_.get()}; }
+
+    friend bool operator==(const future& a, const future& b) noexcept { return a.state_.get() == b.state_.get(); }
+
+private:
+    template <class U>
+    friend future<U> detail::make_future(detail::state_ptr<detail::future_state<U>>) noexcept;
+    explicit future(detail::state_ptr<state_type> s) noexcept : state_(std::move(s)) {}
+
+    detail::state_ptr<state_type> state_;
+};
+
+namespace detail {
+template <class T>
+future<T> make_future(state_ptr<future_state<T>> s) noexcept {
+    return future<T>(std::move(s));
+}
+
+template <class T>
+void callback_waiter<T>::on_fire(waiter* w, future_state_base& s) noexcept {
+    std::unique_ptr<callback_waiter> self(static_cast<callback_waiter*>(w));
+    auto f = make_future(state_ptr<future_state<T>>::share(static_cast<future_state<T>*>(&s)));
+    try {
+        self->fn(std::move(f));
+    } catch (...) {
+        // A done-callback that throws has nowhere to report to; Python logs
+        // and carries on. We do the same rather than terminate the loop.
+        report_callback_exception(std::current_exception());
+    }
+}
+}  // namespace detail
+
+}  // namespace uvexec

@@ -1,0 +1,239 @@
+// uvexec — thread_pool_executor: run blocking calls on libuv's thread pool.
+//
+// Python: concurrent.futures.ThreadPoolExecutor. Work goes to libuv's own
+// pool through uv_queue_work. That pool is shared by the whole process (and by
+// libuv's file-system and DNS requests), so the executor admits at most
+// max_workers of its items into it at once and queues the rest itself; the
+// host's fs/dns requests are never starved by more than that.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include <uv.h>
+
+#include "uvexec/detail/future_state.hpp"
+#include "uvexec/detail/loop_core.hpp"
+#include "uvexec/future.hpp"
+#include "uvexec/loop.hpp"
+
+namespace uvexec {
+
+/// Options of a thread_pool_executor (designated initializers read well:
+/// `thread_pool_executor ex{{.max_workers = 3}}`).
+struct thread_pool_options {
+    /// How many of this executor's calls may run at once; unset means
+    /// Python's default, min(32, CPUs + 4). Below 1 or above 1024 (libuv's
+    /// limit) the constructor throws std::invalid_argument.
+    std::optional<int> max_workers{};
+    /// Prefix of the worker slot names; default "ThreadPoolExecutor-N" with N
+    /// counting executors from 0, so slot names read "ThreadPoolExecutor-0_1".
+    std::string name_prefix{};
+    /// Runs once on each libuv pool thread before that thread's first call of
+    /// this executor (libuv's threads are shared, so this is per thread, not
+    /// per slot). If it throws, the executor is broken: that call and all queued
+    /// ones fail with broken_executor_error and new submissions throw it.
+    std::function<void()> initializer{};
+};
+
+namespace detail {
+
+class thread_pool_core;
+
+/// The part of a thread-pool work item that the executor manages. It lives
+/// inside the item, which is also the future's state: one allocation per call.
+struct pool_item {
+    enum class where : std::uint8_t { nowhere, queued, in_libuv };
+
+    uv_work_t req;
+    pool_item* prev = nullptr;
+    pool_item* next = nullptr;
+    thread_pool_core* pool = nullptr;
+    future_state_base* state = nullptr;
+    void (*run)(pool_item*) noexcept = nullptr;          // worker thread
+    void (*publish)(pool_item*) noexcept = nullptr;      // loop thread
+    std::exception_ptr worker_exception;                 // written by run()
+    std::uint32_t slot = 0;
+    where at = where::nowhere;
+    bool initializer_failed = false;
+};
+
+class thread_pool_core final : public loop_client {
+public:
+    explicit thread_pool_core(thread_pool_options opts);
+
+    /// Binds to lp on first use; throws if already bound to another loop,
+    /// shut down, or broken.
+    void accept(loop_core& lp);
+    /// Takes ownership of one reference to it.state.
+    void submit(pool_item& it) noexcept;
+    void cancel(pool_item& it) noexcept;
+    future<void> shutdown(bool cancel_futures);
+    /// The executor object is going away: cancel queued work; the core frees
+    /// itself once the work inside libuv has come back.
+    void orphan() noexcept;
+
+    std::size_t max_workers() const noexcept { return max_workers_; }
+    const std::string& name_prefix() const noexcept { return prefix_; }
+    std::size_t queued() const noexcept { return queued_count_; }
+    std::size_t in_flight() const noexcept { return in_flight_; }
+
+    void on_loop_closing() noexcept override;
+    bool busy() const noexcept override { return in_flight_ != 0; }
+    void on_loop_closed() noexcept override;
+
+private:
+    static void work_cb(uv_work_t* req) noexcept;
+    static void after_work_cb(uv_work_t* req, int status) noexcept;
+    void finish(pool_item& it, int status) noexcept;
+    void admit() noexcept;
+    void start(pool_item& it) noexcept;
+    void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
+    void settle() noexcept;  // completes shutdown waiters, frees an orphan
+    ~thread_pool_core();
+
+    std::size_t max_workers_;
+    std::string prefix_;
+    std::function<void()> initializer_;
+    std::uint64_t id_;
+    std::vector<std::string> slot_names_;
+    std::vector<std::uint32_t> free_slots_;  // ring buffer of free slot numbers
+    std::size_t free_head_ = 0, free_count_ = 0;
+
+    loop_core* loop_ = nullptr;
+    pool_item* queue_head_ = nullptr;  // admission FIFO
+    pool_item* queue_tail_ = nullptr;
+    pool_item* running_ = nullptr;     // items inside libuv
+    std::size_t queued_count_ = 0;
+    std::size_t in_flight_ = 0;
+    std::size_t busy_ = 0;             // finish() frames on the stack
+    bool shut_down_ = false;
+    bool broken_ = false;
+    bool orphaned_ = false;
+    std::vector<future_state<void>*> shutdown_waiters_;
+};
+
+template <class R, class Fn>
+class thread_item final : public future_state<R> {
+public:
+    thread_item(loop_core* lp, thread_pool_core* pool, Fn&& fn)
+        : future_state<R>(lp), fn_(std::move(fn)) {
+        item_.pool = pool;
+        item_.state = this;
+        item_.run = &thread_item::run;
+        item_.publish = &thread_item::publish;
+        item_.req.data = &item_;
+    }
+
+    pool_item& item() noexcept { return item_; }
+
+private:
+    static thread_item& self(pool_item* it) noexcept { return *static_cast<thread_item*>(it->state); }
+
+    static void run(pool_item* it) noexcept {
+        auto& s = self(it);
+        try {
+            if constexpr (std::is_void_v<R>) {
+                s.fn_();
+            } else {
+                s.emplace(s.fn_());
+            }
+        } catch (...) {
+            it->worker_exception = std::current_exception();
+        }
+    }
+
+    static void publish(pool_item* it) noexcept {
+        auto& s = self(it);
+        if (s.done()) return;  // cancelled while running: the result is dropped
+        if (it->worker_exception) s.set_exception(std::move(it->worker_exception));
+        else s.publish_value();
+    }
+
+    void on_cancel() noexcept override { item_.pool->cancel(item_); }
+
+    pool_item item_;
+    Fn fn_;
+};
+
+template <class F, class... A>
+using call_result_t = std::decay_t<std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>&...>>;
+
+}  // namespace detail
+
+/// Python: concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix,
+/// initializer). Bound to the first loop that submits to it.
+class thread_pool_executor {
+public:
+    /// Throws std::invalid_argument for max_workers below 1 or over 1024.
+    explicit thread_pool_executor(thread_pool_options opts = {});
+    /// Work not yet admitted to libuv is cancelled (its futures complete with
+    /// cancelled_error); work inside libuv finishes and completes its futures.
+    /// To let everything finish first: co_await ex.shutdown().
+    ~thread_pool_executor();
+    thread_pool_executor(const thread_pool_executor&) = delete;
+    thread_pool_executor& operator=(const thread_pool_executor&) = delete;
+
+    /// Python: executor.submit(fn, *args) from a coroutine on lp. fn and the
+    /// arguments are moved into the call; fn runs on a pool thread. Throws
+    /// executor_shutdown_error after shutdown, broken_executor_error when the
+    /// initializer failed, invalid_state_error if the executor is bound to
+    /// another loop.
+    template <class F, class... A>
+    future<detail::call_result_t<F, A...>> submit(loop& lp, F&& fn, A&&... args) {
+        using R = detail::call_result_t<F, A...>;
+        auto call = [f = std::forward<F>(fn), ... a = std::forward<A>(args)]() mutable -> R {
+            return std::invoke(f, a...);
+        };
+        using item_t = detail::thread_item<R, decltype(call)>;
+        core_->accept(lp.core());
+        auto* it = new item_t(&lp.core(), core_, std::move(call));
+        auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(it));
+        it->add_ref();  // the executor's reference, dropped when the work is over
+        core_->submit(it->item());
+        return f;
+    }
+
+    /// Python: executor.shutdown(wait, cancel_futures). Stops accepting work;
+    /// with cancel_futures, queued work is cancelled. Returns a future that
+    /// completes once all accepted work has finished: `co_await ex.shutdown()`
+    /// is Python's wait=True, ignoring the future is wait=False. Idempotent.
+    future<void> shutdown(bool cancel_futures = false) { return core_->shutdown(cancel_futures); }
+
+    std::size_t max_workers() const noexcept { return core_->max_workers(); }
+    const std::string& name_prefix() const noexcept { return core_->name_prefix(); }
+    /// Calls accepted but not yet handed to libuv.
+    std::size_t queued() const noexcept { return core_->queued(); }
+    /// Calls inside libuv (queued there or running); never above max_workers().
+    std::size_t in_flight() const noexcept { return core_->in_flight(); }
+
+    /// Python's default: min(32, CPUs + 4).
+    static std::size_t default_max_workers() noexcept;
+
+private:
+    detail::thread_pool_core* core_;
+};
+
+namespace this_worker {
+/// The name of the executor slot running the calling thread's current call
+/// ("ThreadPoolExecutor-0_1"), or "" outside executor work. Python:
+/// threading.current_thread().name inside a ThreadPoolExecutor.
+std::string_view name() noexcept;
+}  // namespace this_worker
+
+/// libuv's thread pool size as uvexec arranged or found it: the value of
+/// UV_THREADPOOL_SIZE that libuv reads when its pool starts (default 4).
+/// uvexec raises it before the pool starts so every live executor's
+/// max_workers fit plus 4 threads for the host's fs/dns requests; it never
+/// overrides a value the user set and warns once on stderr if the pool is too
+/// small for the executors once it has started.
+std::size_t libuv_pool_size() noexcept;
+
+}  // namespace uvexec

@@ -1,0 +1,14 @@
+// uvexec — everything: run blocking work on thread or process pools from
+// coroutines on a libuv loop. See README.md.
+#pragma once
+
+#include "uvexec/as_completed.hpp"
+#include "uvexec/error.hpp"
+#include "uvexec/future.hpp"
+#include "uvexec/gather.hpp"
+#include "uvexec/loop.hpp"
+#include "uvexec/promise.hpp"
+#include "uvexec/sleep.hpp"
+#include "uvexec/task.hpp"
+#include "uvexec/thread_pool_executor.hpp"
+#include "uvexec/wait.hpp"

@@ -1,0 +1,76 @@
+// uvexec — wait_core: completion callbacks plus one deadline timer, no polling.
+#include "uvexec/detail/wait_core.hpp"
+
+#include "uvexec/detail/loop_core.hpp"
+
+namespace uvexec::detail {
+
+wait_core::wait_core(std::vector<future_state_base*> states, until condition,
+                     std::optional<std::chrono::nanoseconds> timeout)
+    : states_(std::move(states)), condition_(condition), timeout_(timeout) {}
+
+wait_core::~wait_core() = default;  // nodes unlink themselves; the timer closes itself
+
+bool wait_core::satisfied_by(std::size_t i) const noexcept {
+    if (order_.size() == states_.size()) return true;
+    switch (condition_) {
+        case until::first_completed: return true;
+        case until::first_exception: return states_[i]->state() == status::exception;
+        case until::first_failure: return states_[i]->state() != status::value;
+        case until::all_completed: return false;
+    }
+    return false;
+}
+
+bool wait_core::await_ready() {
+    bool ready = states_.empty();
+    for (std::size_t i = 0; i < states_.size(); ++i) {
+        if (states_[i]->done()) {
+            order_.push_back(i);
+            ready = ready || satisfied_by(i);
+        }
+    }
+    if (ready || (timeout_ && *timeout_ <= std::chrono::nanoseconds::zero())) {
+        finished_ = true;
+        return true;
+    }
+    return false;
+}
+
+void wait_core::await_suspend(std::coroutine_handle<> h) {
+    h_ = h;
+    nodes_ = std::make_unique<node[]>(states_.size());
+    loop_core* lp = nullptr;
+    for (std::size_t i = 0; i < states_.size(); ++i) {
+        if (states_[i]->done()) continue;
+        nodes_[i].core = this;
+        nodes_[i].index = i;
+        states_[i]->link(nodes_[i]);
+        if (!lp) lp = states_[i]->loop();
+    }
+    if (timeout_ && lp) {
+        timer_.emplace(lp->uv());
+        timer_->start(timer::to_ms(*timeout_), &wait_core::on_timeout, this);
+    }
+}
+
+void wait_core::node::on_fire(waiter* w, future_state_base&) noexcept {
+    auto* n = static_cast<node*>(w);
+    wait_core& c = *n->core;
+    c.order_.push_back(n->index);
+    if (!c.finished_ && c.satisfied_by(n->index)) c.finish();
+}
+
+void wait_core::finish() noexcept {
+    finished_ = true;
+    for (std::size_t i = 0; i < states_.size(); ++i) nodes_[i].unlink();
+    if (timer_) timer_->stop();
+    h_.resume();
+}
+
+void wait_core::on_timeout(void* self) noexcept {
+    auto& c = *static_cast<wait_core*>(self);
+    if (!c.finished_) c.finish();
+}
+
+}  // namespace uvexec::detail
