@@ -70,8 +70,11 @@ spawned_runner run_spawned(task<T> t, state_ptr<future_state<T>> s) {
     }
 }
 
+/// T, spelled so that it depends on Dep (defers name lookup to instantiation).
 template <class Dep, class T>
-using dependent_t = T;
+struct dependent {
+    using type = T;
+};
 
 }  // namespace detail
 
@@ -148,7 +151,7 @@ public:
     /// thread pool (created on first use, see default_executor()).
     template <class F, class... A>
     auto run_in_executor(std::nullptr_t, F&& fn, A&&... args) {
-        detail::dependent_t<F, thread_pool_executor>& ex = default_executor();
+        typename detail::dependent<F, thread_pool_executor>::type& ex = default_executor();
         return ex.submit(*this, std::forward<F>(fn), std::forward<A>(args)...);
     }
 

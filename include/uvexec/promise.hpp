@@ -29,12 +29,14 @@ public:
         if (loop_->closing()) throw loop_closed_error("uvexec: promise on a closed loop");
         loop_->hold();
     }
-    promise(promise&& o) noexcept = default;
+    promise(promise&& o) noexcept
+        : loop_(std::move(o.loop_)), state_(std::move(o.state_)), satisfied_(std::exchange(o.satisfied_, true)) {}
     promise& operator=(promise&& o) noexcept {
         if (this != &o) {
             abandon();
             loop_ = std::move(o.loop_);
             state_ = std::move(o.state_);
+            satisfied_ = std::exchange(o.satisfied_, true);
         }
         return *this;
     }
@@ -68,8 +70,9 @@ public:
 
 private:
     detail::state_ptr<detail::future_state<T>> claim() {
-        if (!state_) throw invalid_state_error("uvexec: the promise was already fulfilled");
-        return std::move(state_);
+        if (satisfied_) throw invalid_state_error("uvexec: the promise was already fulfilled");
+        satisfied_ = true;
+        return state_;
     }
 
     // Runs complete(state) on the loop thread: now if this is it, else through
@@ -81,22 +84,26 @@ private:
             if (!s->done()) complete(*s);
             lp->unhold();
         };
-        if (lp->on_loop_thread()) job();
-        else lp->post(std::move(job));
+        if (!lp->on_loop_thread()) {
+            lp->post(std::move(job));
+        } else {
+            if (lp->closing()) throw loop_closed_error("uvexec: the promise's loop is closed");
+            job();
+        }
     }
 
     void abandon() noexcept {
-        if (!state_) return;
+        if (satisfied_) return;
         try {
             set_exception(std::make_exception_ptr(broken_promise_error()));
         } catch (...) {
             // The loop is closed: nobody is left to tell.
-            state_ = {};
         }
     }
 
     std::shared_ptr<detail::loop_core> loop_;
     detail::state_ptr<detail::future_state<T>> state_;
+    bool satisfied_ = false;  // set_value/set_exception called (or moved from)
 };
 
 }  // namespace uvexec

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <chrono>
-#include <initializer_list>
 #include <optional>
 #include <ranges>
 #include <utility>
@@ -99,23 +98,22 @@ detail::wait_op<T> wait(std::vector<future<T>> fs, return_when when = return_whe
     return detail::wait_op<T>(std::move(fs), detail::to_until(when), timeout);
 }
 
-template <class T>
-detail::wait_op<T> wait(std::initializer_list<future<T>> fs, return_when when = return_when::all_completed,
-                        std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
-    return wait(std::vector<future<T>>(fs), when, timeout);
-}
-
 /// Python: `await asyncio.wait_for(f, timeout)`. Returns f's result or rethrows
 /// its exception; when the timeout passes first, cancels f (so work not yet
 /// started is dropped) and throws timeout_error.
 template <class T>
 task<T> wait_for(future<T> f, std::chrono::nanoseconds timeout) {
-    auto r = co_await wait({f}, return_when::first_completed, timeout);
-    if (r.done.empty()) {
+    bool in_time = false;
+    {
+        // (A braced list inside co_await trips GCC 12, hence the named vector.)
+        std::vector<future<T>> one{f};
+        auto r = co_await wait(std::move(one), return_when::first_completed, timeout);
+        in_time = !r.done.empty();
+    }
+    if (!in_time) {
         f.cancel();
         throw timeout_error();
     }
-    r = {};
     co_return detail::take_value(f);
 }
 

@@ -1,0 +1,75 @@
+// Helpers shared by the tests.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <uv.h>
+
+#include <uvexec/uvexec.hpp>
+
+namespace test {
+
+using namespace std::chrono_literals;
+
+/// Counts copies, moves and live objects (cppcoro's `counted`).
+struct counted {
+    static inline std::atomic<int> copies{0}, moves{0}, alive{0};
+    static void reset() { copies = moves = alive = 0; }
+    int value = 0;
+    explicit counted(int v = 0) : value(v) { ++alive; }
+    counted(const counted& o) : value(o.value) { ++copies; ++alive; }
+    counted(counted&& o) noexcept : value(o.value) { ++moves; ++alive; }
+    counted& operator=(const counted&) = default;
+    counted& operator=(counted&&) = default;
+    ~counted() { --alive; }
+};
+
+/// An exception type of the tests' own, to prove types travel intact.
+struct custom_error : std::runtime_error {
+    int code;
+    custom_error(std::string what, int c) : std::runtime_error(std::move(what)), code(c) {}
+};
+
+/// A uv_loop_t the test owns, as a host server would. Its destructor checks
+/// that everything uvexec put on it was closed: uv_loop_close() returns 0.
+struct host_loop {
+    uv_loop_t uv{};
+    host_loop() { REQUIRE(uv_loop_init(&uv) == 0); }
+    ~host_loop() {
+        uv_run(&uv, UV_RUN_DEFAULT);  // let libuv finish closing handles
+        CHECK(uv_loop_close(&uv) == 0);
+    }
+};
+
+/// Spins (with short sleeps) until pred() holds or 10 s pass; returns pred().
+/// Used only on foreign threads that have no loop to wait on.
+template <class Pred>
+bool eventually(Pred pred) {
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+namespace detail {
+template <class T>
+uvexec::task<void> wait_all(std::vector<uvexec::future<T>> fs) {
+    co_await uvexec::wait(std::move(fs));
+}
+}  // namespace detail
+
+/// Runs lp until every future in fs is done, whatever their outcome.
+template <class T>
+void settle(uvexec::loop& lp, std::vector<uvexec::future<T>> fs) {
+    lp.run_until_complete(detail::wait_all(std::move(fs)));
+}
+
+}  // namespace test

@@ -1,0 +1,197 @@
+// gather() and as_completed().
+#include <memory>
+#include <string>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace test;
+using uvexec::future;
+using uvexec::promise;
+using uvexec::task;
+
+TEST_SUITE("gather") {
+
+TEST_CASE("gather(range) returns the results in input order, whatever the completion order") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp), c(lp);
+    auto r = lp.spawn(uvexec::gather(std::vector{a.get_future(), b.get_future(), c.get_future()}));
+    c.set_value(3);
+    a.set_value(1);
+    CHECK_FALSE(r.done());
+    b.set_value(2);
+    REQUIRE(r.done());
+    CHECK(r.result() == std::vector<int>{1, 2, 3});
+}
+
+TEST_CASE("gather rethrows the first exception as soon as it happens, without waiting for the rest") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp), c(lp);
+    auto fa = a.get_future();
+    auto r = lp.spawn(uvexec::gather(std::vector{fa, b.get_future(), c.get_future()}));
+    c.set_exception(std::make_exception_ptr(custom_error("third", 3)));
+    REQUIRE(r.done());
+    try {
+        r.result();
+        FAIL("no exception");
+    } catch (const custom_error& e) {
+        CHECK(e.code == 3);
+    }
+    CHECK_FALSE(fa.done());  // the others keep going, as in Python
+    a.set_value(1);
+    b.set_exception(std::make_exception_ptr(custom_error("second", 2)));
+}
+
+TEST_CASE("gather treats a cancelled future as a cancelled_error") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp);
+    auto fb = b.get_future();
+    auto r = lp.spawn(uvexec::gather(std::vector{a.get_future(), fb}));
+    fb.cancel();
+    REQUIRE(r.done());
+    CHECK_THROWS_AS(r.result(), uvexec::cancelled_error);
+    a.set_value(1);
+}
+
+TEST_CASE("gather(return_exceptions, ...) returns every value or exception in place") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp), c(lp);
+    auto fc = c.get_future();
+    auto r = lp.spawn(uvexec::gather(uvexec::return_exceptions, std::vector{a.get_future(), b.get_future(), fc}));
+    b.set_exception(std::make_exception_ptr(custom_error("b", 2)));
+    CHECK_FALSE(r.done());
+    fc.cancel();
+    a.set_value(1);
+    REQUIRE(r.done());
+    auto& out = r.result();
+    REQUIRE(out.size() == 3);
+    CHECK(out[0].has_value());
+    CHECK(out[0].value() == 1);
+    CHECK_FALSE(out[1].has_value());
+    CHECK_THROWS_AS(std::rethrow_exception(out[1].exception()), custom_error);
+    CHECK_THROWS_AS(out[1].value(), custom_error);
+    CHECK_THROWS_AS(std::rethrow_exception(out[2].exception()), uvexec::cancelled_error);
+}
+
+TEST_CASE("variadic gather mixes types and void and returns a tuple") {
+    uvexec::loop lp;
+    promise<int> a(lp);
+    promise<std::string> b(lp);
+    promise<void> c(lp);
+    auto r = lp.spawn(uvexec::gather(a.get_future(), b.get_future(), c.get_future()));
+    c.set_value();
+    b.set_value("two");
+    a.set_value(1);
+    REQUIRE(r.done());
+    auto& [x, y, z] = r.result();
+    CHECK(x == 1);
+    CHECK(y == "two");
+    CHECK(std::is_same_v<std::decay_t<decltype(z)>, std::monostate>);
+}
+
+TEST_CASE("variadic gather with return_exceptions") {
+    uvexec::loop lp;
+    promise<int> a(lp);
+    promise<void> b(lp);
+    auto r = lp.spawn(uvexec::gather(uvexec::return_exceptions, a.get_future(), b.get_future()));
+    b.set_exception(std::make_exception_ptr(custom_error("b", 1)));
+    a.set_value(5);
+    REQUIRE(r.done());
+    auto& [x, y] = r.result();
+    CHECK(x.value() == 5);
+    CHECK_FALSE(y.has_value());
+    CHECK_THROWS_AS(y.value(), custom_error);
+}
+
+TEST_CASE("gather moves move-only results out") {
+    uvexec::loop lp;
+    promise<std::unique_ptr<int>> a(lp), b(lp);
+    auto r = lp.spawn(uvexec::gather(std::vector{a.get_future(), b.get_future()}));
+    a.set_value(std::make_unique<int>(1));
+    b.set_value(std::make_unique<int>(2));
+    REQUIRE(r.done());
+    auto v = std::move(r).result();
+    CHECK(*v[0] + *v[1] == 3);
+}
+
+TEST_CASE("gather copies results that another future handle can still read") {
+    counted::reset();
+    uvexec::loop lp;
+    promise<counted> a(lp);
+    auto kept = a.get_future();
+    auto r = lp.spawn(uvexec::gather(std::vector{kept}));
+    a.set_value(counted(6));
+    REQUIRE(r.done());
+    CHECK(r.result()[0].value == 6);
+    CHECK(kept.result().value == 6);  // still intact
+    CHECK(counted::copies == 1);
+}
+
+TEST_CASE("gather of an empty range returns an empty vector at once") {
+    uvexec::loop lp;
+    CHECK(lp.run_until_complete(uvexec::gather(std::vector<future<int>>{})).empty());
+}
+
+TEST_CASE("gather of void futures") {
+    uvexec::loop lp;
+    promise<void> a(lp), b(lp);
+    auto r = lp.spawn(uvexec::gather(std::vector{a.get_future(), b.get_future()}));
+    a.set_value();
+    b.set_value();
+    REQUIRE(r.done());
+    r.result();
+}
+
+}  // TEST_SUITE
+
+TEST_SUITE("as_completed") {
+
+TEST_CASE("as_completed hands out futures in the order they finish") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp), c(lp);
+    std::vector<int> got;
+    auto t = [&](std::vector<future<int>> fs) -> task<void> {
+        auto ac = uvexec::as_completed(std::move(fs));
+        CHECK(ac.size() == 3);
+        while (ac.remaining() > 0) {
+            future<int> f = co_await ac.next();
+            CHECK(f.done());
+            got.push_back(f.result());
+        }
+        CHECK_THROWS_AS(ac.next(), uvexec::invalid_state_error);
+    };
+    a.set_value(1);  // done before as_completed starts: handed out first
+    auto r = lp.spawn(t({a.get_future(), b.get_future(), c.get_future()}));
+    c.set_value(3);
+    b.set_exception(std::make_exception_ptr(custom_error("b", 2)));
+    REQUIRE(r.done());
+    CHECK_THROWS_AS(r.result(), custom_error);  // f.result() of b rethrows in the loop
+    CHECK(got == std::vector<int>{1, 3});
+}
+
+TEST_CASE("as_completed delivers several completions that happen between two next() calls") {
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp);
+    auto ac = uvexec::as_completed(std::vector{a.get_future(), b.get_future()});
+    b.set_value(2);
+    a.set_value(1);
+    auto t = [&]() -> task<std::vector<int>> {
+        std::vector<int> v;
+        while (ac.remaining()) v.push_back((co_await ac.next()).result());
+        co_return v;
+    };
+    CHECK(lp.run_until_complete(t()) == std::vector<int>{2, 1});
+}
+
+TEST_CASE("as_completed dropped before its futures complete unhooks itself") {
+    uvexec::loop lp;
+    promise<int> a(lp);
+    {
+        auto ac = uvexec::as_completed(std::vector{a.get_future()});
+    }
+    a.set_value(1);  // ASan would see a dangling node here
+}
+
+}  // TEST_SUITE

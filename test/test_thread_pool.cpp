@@ -1,0 +1,358 @@
+// thread_pool_executor: admission, names, failures, cancellation, shutdown, lifetime.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace test;
+using uvexec::future;
+using uvexec::task;
+using uvexec::thread_pool_executor;
+
+namespace {
+/// A gate worker calls block on until the test opens it.
+struct gate {
+    std::atomic<bool> open{false};
+    std::atomic<int> waiting{0};
+    void pass() {
+        ++waiting;
+        while (!open) std::this_thread::yield();
+    }
+};
+}  // namespace
+
+TEST_SUITE("thread_pool") {
+
+TEST_CASE("before libuv's pool starts, UV_THREADPOOL_SIZE is raised to fit the executors") {
+    // This is the first test of this executable: nothing has used libuv's pool yet.
+    if (std::getenv("UV_THREADPOOL_SIZE") != nullptr) {
+        MESSAGE("UV_THREADPOOL_SIZE set by the environment; uvexec must leave it alone");
+        std::string before = std::getenv("UV_THREADPOOL_SIZE");
+        thread_pool_executor ex{{.max_workers = 3}};
+        CHECK(std::string(std::getenv("UV_THREADPOOL_SIZE")) == before);
+        return;
+    }
+    thread_pool_executor ex{{.max_workers = 9}};
+    REQUIRE(std::getenv("UV_THREADPOOL_SIZE") != nullptr);
+    CHECK(std::atoi(std::getenv("UV_THREADPOOL_SIZE")) >= 9 + 4);
+    CHECK(uvexec::libuv_pool_size() >= 13);
+    // And max_workers calls really run at once: 9 calls meet at a barrier.
+    uvexec::loop lp;
+    std::atomic<int> arrived{0};
+    std::vector<future<void>> fs;
+    for (int i = 0; i < 9; ++i)
+        fs.push_back(lp.run_in_executor(ex, [&] {
+            ++arrived;
+            eventually([&] { return arrived == 9; });
+        }));
+    lp.run_until_complete(uvexec::gather(std::move(fs)));
+    CHECK(arrived == 9);
+}
+
+TEST_CASE("max_workers below 1 or above 1024 is an error at construction") {
+    CHECK_THROWS_AS(thread_pool_executor({.max_workers = 0}), std::invalid_argument);
+    CHECK_THROWS_AS(thread_pool_executor({.max_workers = -2}), std::invalid_argument);
+    CHECK_THROWS_AS(thread_pool_executor({.max_workers = 1025}), std::invalid_argument);
+    thread_pool_executor ex;
+    CHECK(ex.max_workers() == thread_pool_executor::default_max_workers());
+    CHECK(ex.max_workers() >= 5);
+}
+
+TEST_CASE("no more than max_workers calls run at once, and all of them run") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 3}};
+    std::atomic<int> now{0}, peak{0};
+    std::vector<future<int>> fs;
+    for (int i = 0; i < 60; ++i) {
+        fs.push_back(lp.run_in_executor(ex, [&, i] {
+            int n = ++now;
+            int p = peak;
+            while (n > p && !peak.compare_exchange_weak(p, n)) {}
+            std::this_thread::sleep_for(1ms);
+            --now;
+            return i;
+        }));
+    }
+    CHECK(ex.in_flight() <= 3);
+    CHECK(ex.queued() == 57);
+    auto results = lp.run_until_complete(uvexec::gather(std::move(fs)));
+    CHECK(peak <= 3);
+    CHECK(peak >= 2);  // they did overlap
+    for (int i = 0; i < 60; ++i) CHECK(results[i] == i);
+    CHECK(ex.in_flight() == 0);
+    CHECK(ex.queued() == 0);
+}
+
+TEST_CASE("each call knows its slot name; names are stable and distinct while running") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 3, .name_prefix = "crunch"}};
+    gate g;
+    std::vector<future<std::string>> fs;
+    for (int i = 0; i < 3; ++i)
+        fs.push_back(lp.run_in_executor(ex, [&] {
+            g.pass();
+            return std::string(uvexec::this_worker::name());
+        }));
+    REQUIRE(eventually([&] { return g.waiting == 3; }));
+    g.open = true;
+    auto names = lp.run_until_complete(uvexec::gather(std::move(fs)));
+    std::set<std::string> distinct(names.begin(), names.end());
+    CHECK(distinct == std::set<std::string>{"crunch_0", "crunch_1", "crunch_2"});
+    CHECK(uvexec::this_worker::name().empty());  // the loop thread is no worker
+
+    thread_pool_executor unnamed{{.max_workers = 1}};
+    auto n = lp.run_until_complete(lp.run_in_executor(unnamed, [] { return std::string(uvexec::this_worker::name()); }));
+    CHECK(n.rfind("ThreadPoolExecutor-", 0) == 0);
+    CHECK(n.substr(n.size() - 2) == "_0");
+}
+
+TEST_CASE("an exception thrown by the work reaches the awaiter intact") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 2}};
+    auto t = [&]() -> task<int> {
+        try {
+            co_await lp.run_in_executor(ex, [] {
+                throw custom_error("from a worker", 11);
+                return 0;
+            });
+        } catch (const custom_error& e) {
+            co_return e.code;
+        }
+        co_return -1;
+    };
+    CHECK(lp.run_until_complete(t()) == 11);
+    auto f = lp.run_in_executor(ex, [] { throw 42; });
+    settle(lp, std::vector{f});
+    CHECK_THROWS_AS(f.result(), int);
+}
+
+TEST_CASE("arguments and results are moved, never copied; move-only ones work") {
+    counted::reset();
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    auto r = lp.run_until_complete(lp.run_in_executor(ex, [](counted& c) { return counted(c.value * 2); }, counted(21)));
+    CHECK(r.value == 42);
+    CHECK(counted::copies == 0);
+
+    auto p = lp.run_until_complete(lp.run_in_executor(
+        ex, [](std::unique_ptr<int>& q) { return std::make_unique<int>(*q + 1); }, std::make_unique<int>(1)));
+    CHECK(*p == 2);
+}
+
+TEST_CASE("cancelling queued work removes it: it never runs") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    gate g;
+    std::atomic<bool> ran{false};
+    auto first = lp.run_in_executor(ex, [&] { g.pass(); });
+    auto second = lp.run_in_executor(ex, [&] { ran = true; });
+    CHECK(ex.queued() == 1);
+    CHECK(second.cancel());
+    CHECK(ex.queued() == 0);
+    CHECK(second.cancelled());
+    g.open = true;
+    lp.run_until_complete(first);
+    lp.run_until_complete(ex.shutdown());
+    CHECK_FALSE(ran);
+}
+
+TEST_CASE("cancelling work inside libuv's queue that has not started removes it too") {
+    uvexec::loop lp;
+    // One libuv thread is kept busy by a gate on another executor... libuv's
+    // pool is shared, so fill every libuv thread and then cancel one more.
+    const int pool = static_cast<int>(uvexec::libuv_pool_size());
+    thread_pool_executor blockers{{.max_workers = pool}};
+    thread_pool_executor ex{{.max_workers = 1}};
+    gate g;
+    std::vector<future<void>> fs;
+    for (int i = 0; i < pool; ++i) fs.push_back(lp.run_in_executor(blockers, [&] { g.pass(); }));
+    REQUIRE(eventually([&] { return g.waiting == pool; }));
+    std::atomic<bool> ran{false};
+    auto victim = lp.run_in_executor(ex, [&] { ran = true; });
+    CHECK(ex.in_flight() == 1);  // handed to libuv, waiting for a thread
+    CHECK(victim.cancel());
+    g.open = true;
+    lp.run_until_complete(uvexec::gather(std::move(fs)));
+    lp.run_until_complete(ex.shutdown());
+    CHECK(victim.cancelled());
+    CHECK_FALSE(ran);
+    CHECK(ex.in_flight() == 0);
+}
+
+TEST_CASE("cancelling running work: the awaiter stops waiting, the work finishes, nothing dangles") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    gate g;
+    std::atomic<bool> finished{false};
+    auto f = lp.run_in_executor(ex, [&] {
+        g.pass();
+        finished = true;
+        return counted(1);
+    });
+    bool cancelled_seen = false;
+    auto t = [&](future<counted> f) -> task<void> {
+        try {
+            co_await f;
+        } catch (const uvexec::cancelled_error&) {
+            cancelled_seen = true;
+        }
+    };
+    auto waiter = lp.spawn(t(f));
+    REQUIRE(eventually([&] { return g.waiting == 1; }));
+    CHECK(f.cancel());
+    CHECK(cancelled_seen);
+    f = {};  // drop every handle while the work runs
+    waiter = {};
+    g.open = true;
+    lp.run_until_complete(ex.shutdown());
+    CHECK(finished);
+}
+
+TEST_CASE("a dropped future's work still runs to completion safely") {
+    counted::reset();
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 2}};
+    std::atomic<int> done{0};
+    for (int i = 0; i < 10; ++i) {
+        (void)lp.run_in_executor(ex, [&](counted& c) {
+            ++done;
+            return c;
+        }, counted(i));
+    }
+    lp.run_until_complete(ex.shutdown());
+    CHECK(done == 10);
+    CHECK(counted::alive == 0);
+}
+
+TEST_CASE("shutdown() waits for queued and running work; submitting afterwards is an error") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    std::atomic<int> ran{0};
+    std::vector<future<void>> fs;
+    for (int i = 0; i < 5; ++i) fs.push_back(lp.run_in_executor(ex, [&] { ++ran; }));
+    auto stopped = ex.shutdown();
+    CHECK_FALSE(stopped.done());
+    CHECK_THROWS_AS(lp.run_in_executor(ex, [] {}), uvexec::executor_shutdown_error);
+    lp.run_until_complete(stopped);
+    CHECK(ran == 5);
+    for (auto& f : fs) CHECK((f.done() && !f.cancelled()));
+    CHECK(ex.shutdown().done());  // idempotent, and already idle
+}
+
+TEST_CASE("shutdown(cancel_futures) cancels queued work and waits only for running work") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    gate g;
+    std::atomic<int> ran{0};
+    auto running = lp.run_in_executor(ex, [&] { g.pass(); ++ran; });
+    std::vector<future<void>> queued;
+    for (int i = 0; i < 4; ++i) queued.push_back(lp.run_in_executor(ex, [&] { ++ran; }));
+    REQUIRE(eventually([&] { return g.waiting == 1; }));
+    auto stopped = ex.shutdown(true);
+    for (auto& f : queued) CHECK(f.cancelled());
+    CHECK_FALSE(stopped.done());
+    g.open = true;
+    lp.run_until_complete(stopped);
+    CHECK(ran == 1);
+    CHECK((running.done() && !running.cancelled()));
+}
+
+TEST_CASE("destroying an executor cancels its queued work and lets running work finish") {
+    uvexec::loop lp;
+    auto ex = std::make_unique<thread_pool_executor>(uvexec::thread_pool_options{.max_workers = 1});
+    gate g;
+    auto running = lp.run_in_executor(*ex, [&] { g.pass(); return 1; });
+    auto queued = lp.run_in_executor(*ex, [] { return 2; });
+    REQUIRE(eventually([&] { return g.waiting == 1; }));
+    ex.reset();
+    CHECK(queued.cancelled());
+    g.open = true;
+    CHECK(lp.run_until_complete(running) == 1);
+}
+
+TEST_CASE("an executor destroyed from a coroutine resumed by its own completion is safe") {
+    uvexec::loop lp;
+    auto ex = std::make_unique<thread_pool_executor>(uvexec::thread_pool_options{.max_workers = 2});
+    auto t = [&]() -> task<int> {
+        int v = co_await lp.run_in_executor(*ex, [] { return 3; });
+        ex.reset();  // inside the executor's completion callback
+        co_return v;
+    };
+    CHECK(lp.run_until_complete(t()) == 3);
+    CHECK_FALSE(ex);
+}
+
+TEST_CASE("an executor serves one loop at a time, and another after that loop closes") {
+    thread_pool_executor ex{{.max_workers = 1}};
+    auto a = std::make_unique<uvexec::loop>();
+    uvexec::loop b;
+    CHECK(a->run_until_complete(a->run_in_executor(ex, [] { return 1; })) == 1);
+    CHECK_THROWS_AS(b.run_in_executor(ex, [] { return 2; }), uvexec::invalid_state_error);
+    a.reset();
+    CHECK(b.run_until_complete(b.run_in_executor(ex, [] { return 3; })) == 3);
+}
+
+TEST_CASE("the initializer runs once per pool thread before that thread's first call") {
+    uvexec::loop lp;
+    std::mutex m;
+    std::multiset<std::thread::id> init_threads;
+    thread_local bool initialized = false;
+    thread_pool_executor ex{{.max_workers = 2, .initializer = [&] {
+                                 initialized = true;
+                                 std::lock_guard lock(m);
+                                 init_threads.insert(std::this_thread::get_id());
+                             }}};
+    std::vector<future<bool>> fs;
+    for (int i = 0; i < 40; ++i) fs.push_back(lp.run_in_executor(ex, [] { return initialized; }));
+    auto seen = lp.run_until_complete(uvexec::gather(std::move(fs)));
+    CHECK(std::all_of(seen.begin(), seen.end(), [](bool b) { return b; }));
+    std::set<std::thread::id> distinct(init_threads.begin(), init_threads.end());
+    CHECK(distinct.size() == init_threads.size());  // never twice on one thread
+    CHECK(!init_threads.empty());
+}
+
+TEST_CASE("a failing initializer breaks the executor: that call, queued calls and new submissions fail") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1, .initializer = [] { throw std::runtime_error("no database"); }}};
+    std::atomic<int> ran{0};
+    auto first = lp.run_in_executor(ex, [&] { ++ran; });
+    auto second = lp.run_in_executor(ex, [&] { ++ran; });
+    settle(lp, std::vector{first, second});
+    CHECK(ran == 0);
+    CHECK_THROWS_AS(first.result(), uvexec::broken_executor_error);
+    CHECK_THROWS_AS(second.result(), uvexec::broken_executor_error);
+    try {
+        first.result();
+    } catch (const uvexec::broken_executor_error& e) {
+        CHECK(std::string(e.what()).find("no database") != std::string::npos);
+    }
+    CHECK_THROWS_AS(lp.run_in_executor(ex, [] {}), uvexec::broken_executor_error);
+}
+
+TEST_CASE("an owned loop destroyed with queued work cancels it and leaks nothing") {
+    counted::reset();
+    thread_pool_executor ex{{.max_workers = 1}};
+    std::vector<future<counted>> fs;
+    {
+        uvexec::loop lp;
+        for (int i = 0; i < 50; ++i) fs.push_back(lp.run_in_executor(ex, [i] { return counted(i); }));
+    }
+    int cancelled = 0, values = 0;
+    for (auto& f : fs) {
+        REQUIRE(f.done());
+        f.cancelled() ? ++cancelled : ++values;
+    }
+    CHECK(cancelled + values == 50);
+    CHECK(cancelled >= 49 - 1);  // at most the admitted one or two ran
+    fs.clear();
+    CHECK(counted::alive == 0);
+}
+
+}  // TEST_SUITE
