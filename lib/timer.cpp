@@ -22,6 +22,8 @@ timer::~timer() {
 void timer::start(std::uint64_t ms, callback cb, void* ctx) noexcept {
     h_->cb = cb;
     h_->ctx = ctx;
+    // The loop's cached time may be a whole iteration old; measure from now.
+    uv_update_time(h_->uv.loop);
     uv_timer_start(&h_->uv, &timer::on_timeout, ms, 0);  // cannot fail for a live handle and a callback
 }
 

@@ -57,12 +57,20 @@ TEST_CASE("an exception in a task propagates to whoever awaits it, type intact")
     CHECK_THROWS_AS(lp.run_until_complete(fails()), custom_error);
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// Sanitizer builds keep every frame (no tail calls), so symmetric transfer
+// cannot be shown there; the chains are shortened to what any stack holds.
+constexpr int chain = 2000;
+#else
+constexpr int chain = 1000000;  // would need ~100 MB of stack without symmetric transfer
+#endif
+
 TEST_CASE("deep chains of awaited tasks do not grow the stack (symmetric transfer)") {
     uvexec::loop lp;
-    CHECK(lp.run_until_complete(depth(100000)) == 100000);
+    CHECK(lp.run_until_complete(depth(chain / 10)) == chain / 10);
     long long sum = 0;
-    lp.run_until_complete(loop_of_awaits(1000000, sum));
-    CHECK(sum == 499999500000LL);
+    lp.run_until_complete(loop_of_awaits(chain, sum));
+    CHECK(sum == static_cast<long long>(chain) * (chain - 1) / 2);
 }
 
 TEST_CASE("move-only results and move-only arguments work") {
