@@ -2,6 +2,8 @@
 // blocks(n) on a 3-thread pool, awaited with wait() from a coroutine. Each log
 // line names the thread that wrote it, as Python's
 // '%(threadName)10s %(name)18s: %(message)s' does.
+//
+// executor_process.cpp is the same program on a process pool; `diff` the two.
 #include <chrono>
 #include <string_view>
 #include <thread>
@@ -27,11 +29,12 @@ int blocks(int n) {
     return n * n;
 }
 
-uvexec::task<void> run_blocking_tasks(uvexec::loop& loop, uvexec::thread_pool_executor& executor) {
+template <class Executor>
+uvexec::task<void> run_blocking_tasks(uvexec::loop& loop, Executor& executor) {
     log("run_blocking_tasks", "starting");
     log("run_blocking_tasks", "creating executor tasks");
     std::vector<uvexec::future<int>> blocking_tasks;
-    for (int i = 0; i < 6; ++i) blocking_tasks.push_back(loop.run_in_executor(executor, blocks, i));
+    for (int i = 0; i < 6; ++i) blocking_tasks.push_back(loop.run_in_executor(executor, uvexec::fn<&blocks>, i));
     log("run_blocking_tasks", "waiting for executor tasks");
     auto [completed, pending] = co_await uvexec::wait(std::move(blocking_tasks));
     std::vector<int> results;
@@ -42,7 +45,8 @@ uvexec::task<void> run_blocking_tasks(uvexec::loop& loop, uvexec::thread_pool_ex
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+    uvexec::worker_main(argc, argv);  // serves as a worker when started as one (not with threads)
     // Create a limited thread pool.
     uvexec::thread_pool_executor executor{{.max_workers = 3}};
     uvexec::loop event_loop;

@@ -31,6 +31,11 @@ uv_error::uv_error(int status, const std::string& what_failed)
     : error(fmt::format("uvexec: {} failed: {} ({})", what_failed, uv_strerror(status), uv_err_name(status))),
       code_(make_uv_error_code(status)) {}
 
+remote_error::remote_error(std::string type_name, std::string message)
+    : error(fmt::format("uvexec: the worker raised {}: {}", type_name, message)),
+      type_name_(std::move(type_name)),
+      message_(std::move(message)) {}
+
 namespace detail {
 void report_callback_exception(std::exception_ptr e) noexcept {
     try {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
 #include "uvexec/thread_pool_executor.hpp"
 
@@ -11,6 +12,7 @@ namespace uvexec {
 namespace detail {
 
 loop_core::loop_core(uv_loop_t* host) : uv_(host), owned_(host == nullptr), thread_(std::this_thread::get_id()) {
+    refuse_unserved_worker();
     if (owned_) {
         uv_ = new uv_loop_t;
         if (int r = uv_loop_init(uv_); r != 0) {

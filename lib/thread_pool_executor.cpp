@@ -20,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
 
 namespace uvexec {
@@ -376,7 +377,8 @@ std::size_t thread_pool_executor::default_max_workers() noexcept {
 
 namespace this_worker {
 std::string_view name() noexcept {
-    return detail::current_slot_name ? std::string_view(*detail::current_slot_name) : std::string_view();
+    if (detail::current_slot_name) return *detail::current_slot_name;
+    return detail::process_worker_name();
 }
 }  // namespace this_worker
 

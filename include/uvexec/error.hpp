@@ -85,4 +85,44 @@ public:
     broken_promise_error() : error("uvexec: the promise was destroyed without a result") {}
 };
 
+/// An exception thrown by a call in a worker process, carried back. Python:
+/// the original exception re-raised from a ProcessPoolExecutor future.
+class remote_error : public error {
+public:
+    remote_error(std::string type_name, std::string message);
+    /// The demangled type of the original exception ("std::runtime_error"), or
+    /// "unknown exception type" for a throw of something not derived from
+    /// std::exception.
+    const std::string& type_name() const noexcept { return type_name_; }
+    /// The original what().
+    const std::string& message() const noexcept { return message_; }
+
+private:
+    std::string type_name_;
+    std::string message_;
+};
+
+/// The worker process running a call died (signal, exit, or a corrupt
+/// message on its channel) before answering. Only that call fails; the pool
+/// replaces the worker. Python: BrokenProcessPool (which breaks the whole pool).
+class worker_died : public error {
+public:
+    worker_died(const std::string& what, int pid, int exit_status, int term_signal)
+        : error(what), pid_(pid), exit_status_(exit_status), term_signal_(term_signal) {}
+    int pid() const noexcept { return pid_; }
+    /// The exit status, when the worker exited (term_signal() == 0).
+    int exit_status() const noexcept { return exit_status_; }
+    /// The signal that killed the worker, or 0.
+    int term_signal() const noexcept { return term_signal_; }
+
+private:
+    int pid_, exit_status_, term_signal_;
+};
+
+/// A call's arguments or result do not fit in one frame (max_frame_size).
+class message_too_large_error : public error {
+public:
+    using error::error;
+};
+
 }  // namespace uvexec

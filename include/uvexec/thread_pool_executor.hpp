@@ -23,6 +23,7 @@
 #include "uvexec/detail/loop_core.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
+#include "uvexec/this_worker.hpp"
 
 namespace uvexec {
 
@@ -220,13 +221,6 @@ public:
 private:
     detail::thread_pool_core* core_;
 };
-
-namespace this_worker {
-/// The name of the executor slot running the calling thread's current call
-/// ("ThreadPoolExecutor-0_1"), or "" outside executor work. Python:
-/// threading.current_thread().name inside a ThreadPoolExecutor.
-std::string_view name() noexcept;
-}  // namespace this_worker
 
 /// libuv's thread pool size as uvexec arranged or found it: the value of
 /// UV_THREADPOOL_SIZE that libuv reads when its pool starts (default 4).

@@ -1,0 +1,168 @@
+// uvexec — what crosses the process boundary: cereal binary archives.
+//
+// Arguments, results and exceptions of process-pool calls are written with
+// cereal's BinaryOutputArchive. Arithmetic types, std::string, vector, array,
+// deque, list, map, unordered_map, set, unordered_set, optional, variant,
+// tuple, pair, chrono durations and bitset work out of the box (their cereal
+// headers are included here); a type of your own needs a cereal `serialize`
+// (or save/load) function. A type that has none is a compile-time error that
+// names it (see uvexec::serializable).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <ostream>
+#include <streambuf>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+
+#include <cereal/archives/binary.hpp>
+#include <cereal/types/array.hpp>
+#include <cereal/types/bitset.hpp>
+#include <cereal/types/chrono.hpp>
+#include <cereal/types/deque.hpp>
+#include <cereal/types/list.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/optional.hpp>
+#include <cereal/types/set.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/tuple.hpp>
+#include <cereal/types/unordered_map.hpp>
+#include <cereal/types/unordered_set.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/variant.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "uvexec/error.hpp"
+
+namespace uvexec::detail {
+
+/// cereal's binary input archive with one difference: a length read from the
+/// bytes (a string's, a vector's, ...) may not exceed the bytes left, since
+/// every element takes at least one byte. Corrupt input therefore cannot make
+/// a reader allocate more than a small multiple of what it received.
+class bounded_input_archive
+    : public cereal::InputArchive<bounded_input_archive, cereal::AllowEmptyClassElision> {
+public:
+    explicit bounded_input_archive(std::string_view bytes)
+        : cereal::InputArchive<bounded_input_archive, cereal::AllowEmptyClassElision>(this), bytes_(bytes) {}
+
+    void loadBinary(void* data, std::streamsize size) {
+        auto n = static_cast<std::size_t>(size);
+        if (n > bytes_.size() - pos_)
+            throw cereal::Exception("truncated: " + std::to_string(n) + " bytes wanted, " +
+                                    std::to_string(bytes_.size() - pos_) + " left");
+        std::memcpy(data, bytes_.data() + pos_, n);
+        pos_ += n;
+    }
+    std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
+
+private:
+    std::string_view bytes_;
+    std::size_t pos_ = 0;
+};
+
+template <class T>
+inline std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, T& t) {
+    ar.loadBinary(std::addressof(t), sizeof(t));
+}
+
+template <class T>
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::NameValuePair<T>& t) {
+    ar(t.value);
+}
+
+template <class T>
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::SizeTag<T>& t) {
+    ar(t.size);
+    if (static_cast<std::uint64_t>(t.size) > ar.remaining())
+        throw cereal::Exception("a length of " + std::to_string(static_cast<std::uint64_t>(t.size)) +
+                                " exceeds the " + std::to_string(ar.remaining()) + " bytes left");
+}
+
+template <class T>
+inline void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, cereal::BinaryData<T>& bd) {
+    ar.loadBinary(bd.data, static_cast<std::streamsize>(bd.size));
+}
+
+}  // namespace uvexec::detail
+
+CEREAL_REGISTER_ARCHIVE(uvexec::detail::bounded_input_archive)
+// Pairs our input archive with cereal's binary output archive for cereal's
+// save/load checks (one direction only: BinaryOutputArchive keeps its own).
+namespace cereal::traits::detail {
+template <>
+struct get_output_from_input<uvexec::detail::bounded_input_archive> {
+    using type = cereal::BinaryOutputArchive;
+};
+}  // namespace cereal::traits::detail
+
+namespace uvexec {
+
+/// True when T can be written to and read from a cereal binary archive.
+template <class T>
+inline constexpr bool serializable_v =
+    std::is_void_v<T> || (cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value &&
+                          cereal::traits::is_input_serializable<T, detail::bounded_input_archive>::value);
+
+/// Fails to compile, naming T, when T cannot cross to a worker process.
+template <class T>
+struct require_serializable {
+    static_assert(serializable_v<T>,
+                  "uvexec: this type cannot be sent to or from a worker process. Give it a cereal "
+                  "serialize(Archive&) member or free function (or save/load), or include the cereal "
+                  "header for it. The type is the T of require_serializable<T> in this message.");
+    static constexpr bool value = true;
+};
+
+namespace detail {
+
+/// An output streambuf appending to a std::string (no ostringstream copy).
+class string_sink final : public std::streambuf {
+public:
+    explicit string_sink(std::string& s) : s_(s) {}
+
+protected:
+    std::streamsize xsputn(const char* p, std::streamsize n) override {
+        s_.append(p, static_cast<std::size_t>(n));
+        return n;
+    }
+    int_type overflow(int_type c) override {
+        if (c != traits_type::eof()) s_.push_back(static_cast<char>(c));
+        return c;
+    }
+
+private:
+    std::string& s_;
+};
+
+/// Appends the archive of values to out.
+template <class... T>
+void encode_into(std::string& out, const T&... values) {
+    string_sink sink(out);
+    std::ostream os(&sink);
+    cereal::BinaryOutputArchive ar(os);
+    if constexpr (sizeof...(T) > 0) ar(values...);
+}
+
+/// Reads values from bytes; throws uvexec::error if the bytes do not hold them
+/// (truncated or of other types).
+template <class... T>
+void decode_from(std::string_view bytes, T&... values) {
+    bounded_input_archive ar(bytes);
+    try {
+        if constexpr (sizeof...(T) > 0) ar(values...);
+    } catch (const cereal::Exception& e) {
+        throw error(std::string("uvexec: cannot decode a process-pool message: ") + e.what());
+    }
+    if (ar.remaining() != 0)
+        throw error("uvexec: cannot decode a process-pool message: " + std::to_string(ar.remaining()) +
+                    " bytes left over (the two sides disagree on the types)");
+}
+
+}  // namespace detail
+}  // namespace uvexec

@@ -1,0 +1,25 @@
+// uvexec — constants and hooks shared by the two sides of the process pool (internal).
+#pragma once
+
+#include <string>
+
+namespace uvexec::detail {
+
+/// argv[1] of a worker process; the rest: max frame size, worker name, parent pid (0 if unknown).
+inline constexpr const char* worker_flag = "--uvexec-worker";
+/// Set in a worker's environment so a main() that forgot worker_main can be caught.
+inline constexpr const char* worker_env_var = "UVEXEC_WORKER";
+/// The worker's end of its channel.
+inline constexpr int channel_fd = 3;
+/// Exit status of a worker whose main() used uvexec without calling worker_main.
+inline constexpr int unserved_worker_status = 121;
+
+/// Exits the process (status 121) if it was started as a worker but main()
+/// did not call worker_main: called by every uvexec::loop and process pool
+/// constructor, so a forgetful worker can never start workers of its own.
+void refuse_unserved_worker();
+
+const std::string& process_worker_name() noexcept;
+bool in_process_worker() noexcept;
+
+}  // namespace uvexec::detail

@@ -1,0 +1,289 @@
+// uvexec — process_pool_executor: run calls in worker processes.
+//
+// Python: concurrent.futures.ProcessPoolExecutor. A worker is the running
+// executable started again with uv_spawn (or a dedicated worker executable,
+// optionally behind a launcher such as `taskset -c 1` or `srun`); `main`
+// begins with uvexec::worker_main(argc, argv), which serves the pool when the
+// process is a worker and returns at once when it is not. Each worker gets a
+// private duplex channel on descriptor 3; its stdout and stderr stay the
+// parent's. Calls are named at compile time (uvexec::fn<&f>) and their
+// arguments, results and exceptions cross as cereal binary archives.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <uv.h>
+
+#include "uvexec/codec.hpp"
+#include "uvexec/detail/frame.hpp"
+#include "uvexec/detail/future_state.hpp"
+#include "uvexec/detail/loop_core.hpp"
+#include "uvexec/error.hpp"
+#include "uvexec/fn.hpp"
+#include "uvexec/future.hpp"
+#include "uvexec/loop.hpp"
+#include "uvexec/this_worker.hpp"
+
+namespace uvexec {
+
+/// Call first thing in main: `uvexec::worker_main(argc, argv);`. In a process
+/// started by a process_pool_executor it serves calls until the parent closes
+/// the channel (or dies) and then exits the process; anywhere else it returns
+/// at once. A worker whose main forgot this call exits with status 121 as soon
+/// as it creates a uvexec::loop or executor, and the parent reports it.
+void worker_main(int argc, char** argv);
+
+/// In a dedicated worker executable (process_pool_options::worker_executable),
+/// registers the functions it serves: `uvexec::expose<&blocks, &other>();`
+/// before `uvexec::worker_main(argc, argv)`. (A program that submits a
+/// function registers it by doing so.)
+template <auto... F>
+void expose() noexcept {
+    ((void)fn_t<F>::key(), ...);
+}
+
+/// A no-argument function named at compile time, for process-pool initializers.
+struct remote_function {
+    template <auto F>
+    remote_function(fn_t<F>) noexcept  // NOLINT(google-explicit-constructor): fn<&f> reads as a function
+        : key(fn_t<F>::key()), name(fn_t<F>::name()) {
+        static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 0,
+                      "uvexec: a process-pool initializer takes no arguments");
+    }
+    std::uint64_t key;
+    std::string_view name;
+};
+
+/// Options of a process_pool_executor.
+struct process_pool_options {
+    /// Worker processes at most; unset means the number of CPUs. Below 1 throws
+    /// std::invalid_argument.
+    std::optional<int> max_workers{};
+    /// Prefix of the workers' names; default "ProcessPoolExecutor-N".
+    std::string name_prefix{};
+    /// Runs once in each worker before its first call. If it throws, the
+    /// executor is broken (broken_executor_error), as in Python.
+    std::optional<remote_function> initializer{};
+    /// Replace a worker after it has run this many calls (Python's
+    /// max_tasks_per_child); unset means never. Below 1 throws.
+    std::optional<int> max_tasks_per_child{};
+    /// The worker program; empty means this executable (uv_exepath). It must
+    /// call uvexec::worker_main first and name the same functions.
+    std::string worker_executable{};
+    /// Words put in front of the worker's command line, e.g. {"taskset", "-c", "1"}.
+    /// The launcher must pass descriptor 3 through to the worker (exec does).
+    std::vector<std::string> launcher{};
+    /// The largest frame either side accepts (a call's arguments or a result,
+    /// plus 21 bytes). A larger message fails with message_too_large_error; a
+    /// corrupt length never makes either side allocate more.
+    std::size_t max_frame_size = 256u << 20;
+    /// Calls sent to one worker before earlier ones are answered. 1 is
+    /// strictly one call per worker; 2 (the default) hides the round trip
+    /// behind the running call; more helps many tiny calls. A call queued
+    /// behind a long one waits for it even if another worker is idle.
+    int max_in_flight_per_worker = 2;
+    /// A worker that has not said hello by then is killed and the executor
+    /// reports it broken (a worker that does not run worker_main, say).
+    std::chrono::milliseconds startup_timeout{10000};
+};
+
+namespace detail {
+
+class process_pool_core;
+struct worker_process;
+
+/// The executor-managed part of a process-pool call; lives inside the item,
+/// which is also the future's state.
+struct process_call {
+    enum class where : std::uint8_t { nowhere, queued, sent };
+
+    process_call* prev = nullptr;
+    process_call* next = nullptr;
+    process_pool_core* pool = nullptr;
+    future_state_base* state = nullptr;
+    worker_process* worker = nullptr;
+    std::string frame;  // the complete CALL frame, id patched in at dispatch
+    void (*deliver)(process_call*, std::string_view result) noexcept = nullptr;
+    where at = where::nowhere;
+};
+
+class process_pool_core final : public loop_client {
+public:
+    explicit process_pool_core(process_pool_options opts);
+
+    void accept(loop_core& lp);
+    std::size_t max_frame_size() const noexcept { return opts_.max_frame_size; }
+    /// Takes one reference to call.state.
+    void submit(process_call& call) noexcept;
+    void cancel(process_call& call) noexcept;
+    future<void> shutdown(bool cancel_futures);
+    void orphan() noexcept;
+
+    std::size_t max_workers() const noexcept { return max_workers_; }
+    std::size_t live_workers() const noexcept { return live_workers_; }
+    std::size_t queued() const noexcept { return queued_count_; }
+    std::vector<int> worker_pids() const;
+
+    void on_loop_closing() noexcept override;
+    bool busy() const noexcept override { return live_workers_ != 0 || in_flight_ != 0; }
+    void on_loop_closed() noexcept override;
+
+    // Used by the worker bookkeeping in process_pool_executor.cpp.
+    void on_worker_gone(worker_process& w) noexcept;
+    void on_call_done(worker_process& w) noexcept;
+    void break_pool(const std::string& why) noexcept;
+    void requeue_front(process_call& call) noexcept;
+    void settle() noexcept;
+
+    process_pool_options opts_;
+    std::size_t max_workers_;
+    std::string prefix_;
+    std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
+    std::vector<std::string> spawn_env_;
+    loop_core* loop_ = nullptr;
+    std::vector<worker_process*> slots_;  // by slot; null when free
+    std::size_t live_workers_ = 0;
+    std::size_t in_flight_ = 0;           // calls sent and not answered
+    process_call* queue_head_ = nullptr;
+    process_call* queue_tail_ = nullptr;
+    std::size_t queued_count_ = 0;
+    std::uint64_t next_id_ = 1;
+    std::size_t busy_ = 0;
+    bool shut_down_ = false;
+    bool broken_ = false;
+    bool orphaned_ = false;
+    std::string broken_why_;
+    std::vector<future_state<void>*> shutdown_waiters_;
+    std::exception_ptr spawn_error_;
+    bool busy_pumping_ = false;
+
+    void retire(worker_process& w) noexcept;
+
+private:
+    ~process_pool_core();
+    void pump() noexcept;
+    worker_process* spawn_worker(std::size_t slot) noexcept;
+    void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
+};
+
+template <class R>
+class process_item final : public future_state<R> {
+public:
+    process_item(loop_core* lp, process_pool_core* pool) : future_state<R>(lp) {
+        call_.pool = pool;
+        call_.state = this;
+        call_.deliver = &process_item::deliver;
+    }
+    process_call& call() noexcept { return call_; }
+
+private:
+    static void deliver(process_call* c, std::string_view bytes) noexcept {
+        auto& self = *static_cast<process_item*>(c->state);
+        if (self.done()) return;  // cancelled meanwhile: the result is dropped
+        try {
+            if constexpr (std::is_void_v<R>) {
+                decode_from(bytes);
+                self.set_value();
+            } else {
+                R r{};
+                decode_from(bytes, r);
+                self.set_value(std::move(r));
+            }
+        } catch (...) {
+            if (!self.done()) self.set_exception(std::current_exception());
+        }
+    }
+    void on_cancel() noexcept override { call_.pool->cancel(call_); }
+
+    process_call call_;
+};
+
+template <class T>
+inline constexpr bool always_false = false;
+
+}  // namespace detail
+
+/// Python: concurrent.futures.ProcessPoolExecutor(max_workers, initializer,
+/// max_tasks_per_child). Bound to the first loop that submits to it.
+class process_pool_executor {
+public:
+    /// Throws std::invalid_argument for bad options, uvexec::error if this
+    /// process is an unserved worker (see worker_main).
+    explicit process_pool_executor(process_pool_options opts = {});
+    /// Queued calls are cancelled; calls already sent finish in their workers,
+    /// which then exit and are reaped. To let everything finish first,
+    /// `co_await ex.shutdown()`.
+    ~process_pool_executor();
+    process_pool_executor(const process_pool_executor&) = delete;
+    process_pool_executor& operator=(const process_pool_executor&) = delete;
+
+    /// Python: executor.submit(fn, *args). F is named at compile time:
+    /// `ex.submit(lp, uvexec::fn<&blocks>, i)`. Arguments are converted to F's
+    /// parameter types and serialized now; the result comes back as F's return type.
+    template <auto F, class... A>
+    future<typename fn_t<F>::result_type> submit(loop& lp, fn_t<F>, A&&... args) {
+        using R = typename fn_t<F>::result_type;
+        using args_tuple = typename fn_t<F>::args_tuple;
+        static_assert(sizeof...(A) == std::tuple_size_v<args_tuple>,
+                      "uvexec: wrong number of arguments for this function");
+        check_serializable<R>(static_cast<args_tuple*>(nullptr));
+        core_->accept(lp.core());
+
+        auto* item = new detail::process_item<R>(&lp.core(), core_);
+        auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
+        std::string& frame = item->call().frame;
+        detail::append_frame_header(frame, detail::frame_kind::call, 0, 0);  // length and id patched later
+        detail::put_u64(frame, fn_t<F>::key());
+        {
+            args_tuple converted(std::forward<A>(args)...);
+            std::apply([&](const auto&... a) { detail::encode_into(frame, a...); }, converted);
+        }
+        if (frame.size() - 4 > core_->max_frame_size())
+            throw message_too_large_error("uvexec: the call's arguments take " + std::to_string(frame.size()) +
+                                          " bytes, more than max_frame_size (" +
+                                          std::to_string(core_->max_frame_size()) + ")");
+        item->add_ref();  // the executor's reference
+        core_->submit(item->call());
+        return f;
+    }
+
+    /// Anything but uvexec::fn<&function> is refused at compile time.
+    template <class F, class... A>
+    auto submit(loop&, F&&, A&&...) -> future<int> {
+        static_assert(detail::always_false<F>,
+                      "uvexec: a process_pool_executor runs only functions named at compile time: pass "
+                      "uvexec::fn<&your_function>, not a lambda, std::function or function pointer variable");
+        return {};
+    }
+
+    /// Python: executor.shutdown(wait, cancel_futures); see
+    /// thread_pool_executor::shutdown. The future completes once every
+    /// accepted call has finished and every worker has exited and been reaped.
+    future<void> shutdown(bool cancel_futures = false) { return core_->shutdown(cancel_futures); }
+
+    std::size_t max_workers() const noexcept { return core_->max_workers(); }
+    /// Worker processes alive now (started lazily, up to max_workers()).
+    std::size_t live_workers() const noexcept { return core_->live_workers(); }
+    /// Calls accepted but not yet sent to a worker.
+    std::size_t queued() const noexcept { return core_->queued(); }
+    /// The pids of the live workers.
+    std::vector<int> worker_pids() const { return core_->worker_pids(); }
+
+private:
+    template <class R, class... Args>
+    static void check_serializable(std::tuple<Args...>*) {
+        static_assert((require_serializable<Args>::value && ...) && require_serializable<R>::value);
+    }
+
+    detail::process_pool_core* core_;
+};
+
+}  // namespace uvexec

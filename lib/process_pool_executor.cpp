@@ -1,0 +1,660 @@
+// uvexec — process_pool_executor: workers over uv_spawn, frames over a socketpair.
+//
+// Invariants (all on the loop thread):
+//  - a call is in exactly one of: the pool's queue, one worker's in-flight
+//    FIFO (sent, unanswered), or neither; the pool holds one reference to its
+//    state while it is in the first two;
+//  - a worker answers its calls in the order it received them, one at a time,
+//    and writes each answer before it reads the next call, so the head of its
+//    FIFO is the call it is running;
+//  - a worker's memory is freed by the last of its handles' close callbacks,
+//    which touch nothing else; the pool frees itself in settle() once
+//    orphaned and no worker or call is left.
+#include "uvexec/process_pool_executor.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "uvexec/detail/worker.hpp"
+
+extern char** environ;
+
+namespace uvexec {
+namespace detail {
+
+struct worker_process {
+    enum class state : std::uint8_t { starting, ready, retiring, dying };
+
+    process_pool_core* pool = nullptr;
+    std::size_t slot = 0;
+    std::string name;
+    uv_process_t proc{};
+    uv_pipe_t pipe{};
+    uv_timer_t timer{};  // start-up deadline, then the grace period of a retiring worker
+    uv_write_t write_req{};
+    int pid = 0;
+    state st = state::starting;
+    bool said_hello = false;
+    bool writing = false;
+    bool exited = false;
+    std::int64_t exit_status = 0;
+    int term_signal = 0;
+    std::string fault;  // why the pool killed it, if it did
+    int open_handles = 0;
+
+    process_call* head = nullptr;  // in-flight FIFO
+    process_call* tail = nullptr;
+    std::size_t in_flight = 0;
+    std::size_t calls_sent = 0;
+
+    std::string out_pending, out_writing;
+    frame_decoder decoder;
+
+    explicit worker_process(std::size_t max_frame) : decoder(max_frame) {}
+
+    bool accepting(std::size_t max_tasks) const noexcept {
+        return (st == state::starting || st == state::ready) && (max_tasks == 0 || calls_sent < max_tasks);
+    }
+};
+
+namespace {
+
+constexpr auto retire_grace = std::chrono::seconds(5);
+
+std::string signal_name(int sig) {
+    const char* abbrev = sigabbrev_np(sig);
+    return abbrev ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
+
+std::string exit_description(const worker_process& w) {
+    std::string how = w.term_signal != 0
+                          ? fmt::format("killed by signal {} ({})", w.term_signal, signal_name(w.term_signal))
+                          : fmt::format("exited with status {}", w.exit_status);
+    if (w.term_signal == 0 && w.exit_status == unserved_worker_status)
+        how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
+    if (!w.fault.empty()) how = w.fault + "; it was " + how;
+    return how;
+}
+
+void on_handle_closed(uv_handle_t* h) {
+    auto* w = static_cast<worker_process*>(h->data);
+    if (--w->open_handles == 0) delete w;
+}
+
+void close_handle(worker_process&, uv_handle_t* h) {
+    if (!uv_is_closing(h)) uv_close(h, &on_handle_closed);
+}
+
+void kill_worker(worker_process& w, std::string fault) {
+    if (w.exited) return;
+    if (w.fault.empty()) w.fault = std::move(fault);
+    if (w.st != worker_process::state::dying) w.st = worker_process::state::dying;
+    uv_process_kill(&w.proc, SIGKILL);  // ESRCH if it is already gone: its exit callback follows
+}
+
+void start_timer(worker_process& w, std::chrono::milliseconds after, uv_timer_cb cb) {
+    uv_timer_stop(&w.timer);
+    uv_timer_start(&w.timer, cb, static_cast<std::uint64_t>(after.count()), 0);
+}
+
+std::string remote_text(std::string_view payload, std::string& type) {
+    std::string what;
+    try {
+        decode_from(payload, type, what);
+    } catch (const std::exception& e) {
+        type = "uvexec::error";
+        what = std::string("an undecodable error report: ") + e.what();
+    }
+    return what;
+}
+
+}  // namespace
+
+// --- one worker's channel ----------------------------------------------------
+
+namespace {
+
+void process_frames(worker_process& w) noexcept;
+void finalize_exit(worker_process& w) noexcept;
+
+void flush(worker_process& w) noexcept;
+
+void on_written(uv_write_t* req, int status) {
+    auto& w = *static_cast<worker_process*>(req->data);
+    w.writing = false;
+    w.out_writing.clear();
+    if (status < 0) return;  // the worker is gone; its exit callback settles its calls
+    flush(w);
+}
+
+void flush(worker_process& w) noexcept {
+    if (w.writing || w.out_pending.empty() || uv_is_closing(reinterpret_cast<uv_handle_t*>(&w.pipe))) return;
+    w.out_writing.swap(w.out_pending);
+    uv_buf_t buf = uv_buf_init(w.out_writing.data(), static_cast<unsigned>(w.out_writing.size()));
+    w.write_req.data = &w;
+    if (uv_write(&w.write_req, reinterpret_cast<uv_stream_t*>(&w.pipe), &buf, 1, &on_written) == 0) {
+        w.writing = true;
+    } else {
+        w.out_writing.clear();
+        kill_worker(w, "its channel could not be written to");
+    }
+}
+
+void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+    auto& w = *static_cast<worker_process*>(h->data);
+    std::size_t room = 0;
+    char* p = w.decoder.prepare(room);
+    *buf = uv_buf_init(p, static_cast<unsigned>(std::min<std::size_t>(room, 1u << 30)));
+}
+
+void on_grace_over(uv_timer_t* t) {
+    auto& w = *static_cast<worker_process*>(t->data);
+    kill_worker(w, "");
+}
+
+void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+    auto& w = *static_cast<worker_process*>(s->data);
+    if (nread > 0) {
+        w.decoder.commit(static_cast<std::size_t>(nread));
+        process_frames(w);
+    } else if (nread < 0) {
+        // EOF or an error: the worker is exiting (its exit callback follows)
+        // or closed its channel while alive, which it may not do.
+        uv_read_stop(s);
+        if (!w.exited) start_timer(w, std::chrono::milliseconds(1000), &on_grace_over);
+    }
+}
+
+/// Reads what the worker wrote before it died; libuv may report the exit
+/// before the last bytes on the channel.
+void drain_channel(worker_process& w) noexcept {
+    auto* h = reinterpret_cast<uv_handle_t*>(&w.pipe);
+    if (uv_is_closing(h)) return;
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(h, &fd) != 0) return;
+    for (;;) {
+        std::size_t room = 0;
+        char* p = w.decoder.prepare(room);
+        ssize_t n = ::read(fd, p, room);
+        if (n > 0) {
+            w.decoder.commit(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        break;  // EOF, EAGAIN (a grandchild holds the other end) or an error
+    }
+    process_frames(w);
+}
+
+void on_exit(uv_process_t* p, std::int64_t exit_status, int term_signal) {
+    auto& w = *static_cast<worker_process*>(p->data);
+    w.exited = true;
+    w.exit_status = exit_status;
+    w.term_signal = term_signal;
+    drain_channel(w);
+    finalize_exit(w);
+}
+
+void on_startup_deadline(uv_timer_t* t) {
+    auto& w = *static_cast<worker_process*>(t->data);
+    if (!w.said_hello)
+        kill_worker(w, fmt::format("it did not start serving within {} ms (does its main() begin with "
+                                   "uvexec::worker_main(argc, argv)?)",
+                                   w.pool->opts_.startup_timeout.count()));
+}
+
+process_call* pop_head(worker_process& w) noexcept {
+    process_call* c = w.head;
+    w.head = c->next;
+    if (w.head) w.head->prev = nullptr; else w.tail = nullptr;
+    c->prev = c->next = nullptr;
+    c->at = process_call::where::nowhere;
+    c->worker = nullptr;
+    --w.in_flight;
+    --w.pool->in_flight_;
+    return c;
+}
+
+void protocol_violation(worker_process& w, const std::string& what) {
+    w.decoder = frame_decoder(0);  // ignore anything else it sends
+    kill_worker(w, "it sent a corrupt message (" + what + ")");
+}
+
+void process_frames(worker_process& w) noexcept {
+    process_pool_core& pool = *w.pool;
+    ++pool.busy_;  // answers resume coroutines, which may do anything to the pool
+    frame f{};
+    while (w.st != worker_process::state::dying) {
+        auto st = w.decoder.next(f);
+        if (st == frame_decoder::status::need_more) break;
+        if (st == frame_decoder::status::corrupt) {
+            protocol_violation(w, w.decoder.error());
+            break;
+        }
+        if (f.kind == frame_kind::hello) {
+            std::uint32_t version = 0;
+            try {
+                decode_from(f.payload, version);
+            } catch (const std::exception&) {
+                version = 0;
+            }
+            if (w.said_hello || version != protocol_version) {
+                protocol_violation(w, fmt::format("a hello for protocol {} (expected {})", version, protocol_version));
+                break;
+            }
+            w.said_hello = true;
+            if (w.st == worker_process::state::starting) {
+                w.st = worker_process::state::ready;
+                uv_timer_stop(&w.timer);
+            }
+        } else if (f.kind == frame_kind::result || f.kind == frame_kind::error) {
+            if (w.head == nullptr || get_u64(w.head->frame.data() + 5) != f.id) {
+                protocol_violation(w, fmt::format("an answer to call #{}, which it was not running", f.id));
+                break;
+            }
+            process_call* c = pop_head(w);
+            future_state_base* s = c->state;
+            if (f.kind == frame_kind::result) {
+                c->deliver(c, f.payload);
+            } else if (!s->done()) {
+                std::string type;
+                std::string what = remote_text(f.payload, type);
+                s->set_exception(std::make_exception_ptr(remote_error(std::move(type), std::move(what))));
+            }
+            s->release();
+            pool.on_call_done(w);
+        } else if (f.kind == frame_kind::init_failed) {
+            std::string type;
+            std::string what = remote_text(f.payload, type);
+            pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", w.pid, type, what));
+        } else {
+            protocol_violation(w, fmt::format("a frame of unknown kind {}", static_cast<int>(f.kind)));
+            break;
+        }
+    }
+    --pool.busy_;
+    pool.settle();
+}
+
+void finalize_exit(worker_process& w) noexcept {
+    process_pool_core& pool = *w.pool;
+    ++pool.busy_;
+    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.pipe));
+    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.timer));
+    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.proc));
+    std::string how = exit_description(w);
+
+    if (!w.said_hello && w.st != worker_process::state::retiring) {
+        // It never served: another start would fail the same way.
+        pool.break_pool(fmt::format("a worker process ({}) failed to start: {}", w.pid, how));
+    }
+    // The head was running; the calls behind it were never started: they go
+    // back to the front of the queue in their order.
+    if (w.head != nullptr) {
+        process_call* running = pop_head(w);
+        while (w.tail != nullptr) {
+            process_call* c = w.tail;
+            w.tail = c->prev;
+            if (w.tail) w.tail->next = nullptr; else w.head = nullptr;
+            c->prev = c->next = nullptr;
+            c->worker = nullptr;
+            --w.in_flight;
+            --pool.in_flight_;
+            pool.requeue_front(*c);
+        }
+        future_state_base* s = running->state;
+        if (!s->done())
+            s->set_exception(std::make_exception_ptr(worker_died(
+                fmt::format("uvexec: worker process {} ({}) died while running this call: {}", w.pid, w.name, how),
+                w.pid, static_cast<int>(w.exit_status), w.term_signal)));
+        s->release();
+    }
+    --pool.busy_;
+    pool.on_worker_gone(w);
+}
+
+}  // namespace
+
+// --- the pool ------------------------------------------------------------------
+
+namespace {
+
+std::size_t checked(const std::optional<int>& v, std::size_t fallback, const char* what) {
+    if (!v) return fallback;
+    if (*v < 1)
+        throw std::invalid_argument(fmt::format("uvexec::process_pool_executor: {} must be at least 1, got {}", what, *v));
+    return static_cast<std::size_t>(*v);
+}
+
+std::atomic<std::uint64_t> process_executor_counter{0};
+
+std::string this_executable() {
+    char buf[4096];
+    std::size_t n = sizeof(buf);
+    if (int r = uv_exepath(buf, &n); r != 0) throw uv_error(r, "uv_exepath");
+    return std::string(buf, n);
+}
+
+}  // namespace
+
+process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::move(opts)) {
+    refuse_unserved_worker();
+    max_workers_ = checked(opts_.max_workers, std::max(1u, std::thread::hardware_concurrency()), "max_workers");
+    checked(opts_.max_tasks_per_child, 1, "max_tasks_per_child");
+    if (opts_.max_in_flight_per_worker < 1)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_in_flight_per_worker must be at least 1");
+    if (opts_.max_frame_size < 1024 || opts_.max_frame_size > 0xffffffffu)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_frame_size must be between 1 KiB and 4 GiB - 1");
+    if (opts_.startup_timeout.count() <= 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: startup_timeout must be positive");
+    prefix_ = opts_.name_prefix.empty() ? fmt::format("ProcessPoolExecutor-{}", process_executor_counter++)
+                                        : opts_.name_prefix;
+    std::string exe = opts_.worker_executable.empty() ? this_executable() : opts_.worker_executable;
+    spawn_args_ = opts_.launcher;
+    spawn_args_.push_back(exe);
+    spawn_args_.push_back(worker_flag);
+    spawn_args_.push_back(std::to_string(opts_.max_frame_size));
+    // Worker name and parent pid are appended per worker.
+    for (char** e = environ; e && *e; ++e) spawn_env_.emplace_back(*e);
+    spawn_env_.push_back(std::string(worker_env_var) + "=1");
+    slots_.assign(max_workers_, nullptr);
+}
+
+process_pool_core::~process_pool_core() = default;
+
+void process_pool_core::accept(loop_core& lp) {
+    if (broken_) throw broken_executor_error("uvexec: the process_pool_executor is broken: " + broken_why_);
+    if (shut_down_) throw executor_shutdown_error("uvexec: cannot submit to a process_pool_executor after shutdown()");
+    if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    if (loop_ == nullptr) {
+        loop_ = &lp;
+        lp.attach(*this);
+    } else if (loop_ != &lp) {
+        throw invalid_state_error("uvexec: this process_pool_executor is bound to another loop; use one executor per loop");
+    }
+}
+
+std::vector<int> process_pool_core::worker_pids() const {
+    std::vector<int> v;
+    for (auto* w : slots_)
+        if (w) v.push_back(w->pid);
+    return v;
+}
+
+void process_pool_core::submit(process_call& call) noexcept {
+    call.at = process_call::where::queued;
+    call.prev = queue_tail_;
+    call.next = nullptr;
+    if (queue_tail_) queue_tail_->next = &call; else queue_head_ = &call;
+    queue_tail_ = &call;
+    ++queued_count_;
+    pump();
+}
+
+void process_pool_core::requeue_front(process_call& call) noexcept {
+    call.at = process_call::where::queued;
+    call.prev = nullptr;
+    call.next = queue_head_;
+    if (queue_head_) queue_head_->prev = &call; else queue_tail_ = &call;
+    queue_head_ = &call;
+    ++queued_count_;
+}
+
+void process_pool_core::cancel(process_call& call) noexcept {
+    if (call.at != process_call::where::queued) return;  // a sent call runs on; its answer is dropped
+    if (call.prev) call.prev->next = call.next; else queue_head_ = call.next;
+    if (call.next) call.next->prev = call.prev; else queue_tail_ = call.prev;
+    call.prev = call.next = nullptr;
+    call.at = process_call::where::nowhere;
+    --queued_count_;
+    call.state->release();  // the canceller holds its own reference
+    settle();
+}
+
+worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
+    auto* w = new worker_process(opts_.max_frame_size);
+    w->pool = this;
+    w->slot = slot;
+    w->name = fmt::format("{}_{}", prefix_, slot);
+    uv_pipe_init(loop_->uv(), &w->pipe, 0);
+    w->proc.data = w->pipe.data = w->timer.data = w;
+    w->open_handles = 1;
+
+    std::vector<std::string> args = spawn_args_;
+    args.push_back(w->name);
+    args.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (auto& e : spawn_env_) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    uv_stdio_container_t stdio[4];
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 1;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
+    stdio[3].data.stream = reinterpret_cast<uv_stream_t*>(&w->pipe);
+
+    uv_process_options_t po{};
+    po.file = argv[0];
+    po.args = argv.data();
+    po.env = envp.data();
+    po.stdio = stdio;
+    po.stdio_count = 4;
+    po.exit_cb = &on_exit;
+
+    if (int r = uv_spawn(loop_->uv(), &w->proc, &po); r != 0) {
+        spawn_error_ = std::make_exception_ptr(uv_error(r, fmt::format("uv_spawn of worker '{}'", argv[0])));
+        close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
+        // libuv requires closing the process handle even when spawning failed.
+        ++w->open_handles;
+        close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->proc));
+        return nullptr;
+    }
+    ++w->open_handles;
+    w->pid = w->proc.pid;
+    uv_timer_init(loop_->uv(), &w->timer);
+    w->timer.data = w;
+    ++w->open_handles;
+    start_timer(*w, opts_.startup_timeout, &on_startup_deadline);
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&w->pipe), &on_alloc, &on_read);
+    if (opts_.initializer) {
+        std::string key;
+        put_u64(key, opts_.initializer->key);
+        append_frame(w->out_pending, frame_kind::init, 0, key);
+    }
+    slots_[slot] = w;
+    ++live_workers_;
+    return w;
+}
+
+void process_pool_core::pump() noexcept {
+    if (broken_ || loop_ == nullptr || busy_pumping_) return;
+    busy_pumping_ = true;
+    const auto depth = static_cast<std::size_t>(opts_.max_in_flight_per_worker);
+    const auto max_tasks = static_cast<std::size_t>(opts_.max_tasks_per_child.value_or(0));
+    bool spawn_failed = false;
+    while (queue_head_ != nullptr) {
+        worker_process* best = nullptr;
+        for (auto* w : slots_)
+            if (w && w->accepting(max_tasks) && w->in_flight < depth && (!best || w->in_flight < best->in_flight))
+                best = w;
+        if (best == nullptr || best->in_flight > 0) {
+            // An idle new worker beats queueing behind a busy one.
+            if (live_workers_ < max_workers_ && !spawn_failed) {
+                std::size_t slot = 0;
+                while (slots_[slot] != nullptr) ++slot;
+                if (auto* w = spawn_worker(slot)) {
+                    best = w;
+                } else {
+                    spawn_failed = true;
+                    if (live_workers_ == 0) {
+                        fail_queued(false, spawn_error_);
+                        break;
+                    }
+                }
+            }
+        }
+        if (best == nullptr) break;
+        process_call& c = *queue_head_;
+        queue_head_ = c.next;
+        if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
+        --queued_count_;
+        // Patch the call's id and length in, then queue its bytes for writing.
+        std::uint64_t id = next_id_++;
+        std::string header;
+        append_frame_header(header, frame_kind::call, id, c.frame.size() - frame_header_size);
+        std::memcpy(c.frame.data(), header.data(), frame_header_size);  // NOLINT: sizes checked at submit
+        best->out_pending.append(c.frame);
+        c.at = process_call::where::sent;
+        c.worker = best;
+        c.prev = best->tail;
+        c.next = nullptr;
+        if (best->tail) best->tail->next = &c; else best->head = &c;
+        best->tail = &c;
+        ++best->in_flight;
+        ++best->calls_sent;
+        ++in_flight_;
+    }
+    for (auto* w : slots_)
+        if (w) flush(*w);
+    busy_pumping_ = false;
+}
+
+void process_pool_core::on_call_done(worker_process& w) noexcept {
+    const auto max_tasks = static_cast<std::size_t>(opts_.max_tasks_per_child.value_or(0));
+    if (max_tasks != 0 && w.calls_sent >= max_tasks && w.in_flight == 0) retire(w);
+    pump();
+}
+
+void process_pool_core::retire(worker_process& w) noexcept {
+    if (w.st == worker_process::state::retiring || w.st == worker_process::state::dying || w.exited) return;
+    w.st = worker_process::state::retiring;
+    // Closing our end is the worker's signal to exit; it is reaped in on_exit.
+    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.pipe));
+    start_timer(w, retire_grace, &on_grace_over);
+}
+
+void process_pool_core::on_worker_gone(worker_process& w) noexcept {
+    slots_[w.slot] = nullptr;
+    --live_workers_;
+    pump();  // a replacement starts if calls are waiting
+    settle();
+}
+
+void process_pool_core::break_pool(const std::string& why) noexcept {
+    if (broken_) return;
+    broken_ = true;
+    broken_why_ = why;
+    auto error = std::make_exception_ptr(broken_executor_error("uvexec: the process_pool_executor is broken: " + why));
+    ++busy_;
+    fail_queued(false, error);
+    for (auto* w : slots_) {
+        if (!w) continue;
+        while (w->head) {
+            process_call* c = pop_head(*w);
+            if (!c->state->done()) c->state->set_exception(error);
+            c->state->release();
+        }
+        kill_worker(*w, "the pool is broken");
+    }
+    --busy_;
+}
+
+void process_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) noexcept {
+    ++busy_;
+    while (process_call* c = queue_head_) {
+        queue_head_ = c->next;
+        if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
+        c->prev = c->next = nullptr;
+        c->at = process_call::where::nowhere;
+        --queued_count_;
+        future_state_base* s = c->state;
+        if (cancel) s->cancel();
+        else if (!s->done()) s->set_exception(why);
+        s->release();
+    }
+    --busy_;
+}
+
+future<void> process_pool_core::shutdown(bool cancel_futures) {
+    shut_down_ = true;
+    if (cancel_futures) fail_queued(true, {});
+    auto w = state_ptr<future_state<void>>::adopt(new future_state<void>(loop_));
+    w->add_ref();
+    shutdown_waiters_.push_back(w.get());
+    auto f = make_future(std::move(w));
+    settle();
+    return f;
+}
+
+void process_pool_core::settle() noexcept {
+    if (busy_ != 0) return;
+    if ((shut_down_ || broken_) && queued_count_ == 0 && in_flight_ == 0)
+        for (auto* w : slots_)
+            if (w) retire(*w);
+    if (live_workers_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
+    if (!shutdown_waiters_.empty()) {
+        ++busy_;
+        auto waiters = std::move(shutdown_waiters_);
+        shutdown_waiters_.clear();
+        for (auto* w : waiters) {
+            if (!w->done()) w->set_value();
+            w->release();
+        }
+        --busy_;
+    }
+    if (orphaned_ && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0) {
+        if (loop_) loop_->detach(*this);
+        delete this;
+    }
+}
+
+void process_pool_core::orphan() noexcept {
+    shut_down_ = true;
+    orphaned_ = true;
+    fail_queued(true, {});
+    settle();
+}
+
+void process_pool_core::on_loop_closing() noexcept {
+    // Nobody can receive answers any more: queued calls are cancelled, sent
+    // ones too, and the workers are killed (and reaped while the loop drains).
+    ++busy_;
+    fail_queued(true, {});
+    for (auto* w : slots_) {
+        if (!w) continue;
+        while (w->head) {
+            process_call* c = pop_head(*w);
+            c->state->cancel();
+            c->state->release();
+        }
+        kill_worker(*w, "its loop was closed");
+    }
+    --busy_;
+}
+
+void process_pool_core::on_loop_closed() noexcept {
+    loop_ = nullptr;
+    settle();
+}
+
+}  // namespace detail
+
+process_pool_executor::process_pool_executor(process_pool_options opts)
+    : core_(new detail::process_pool_core(std::move(opts))) {}
+
+process_pool_executor::~process_pool_executor() { core_->orphan(); }
+
+}  // namespace uvexec

@@ -1,0 +1,223 @@
+// uvexec — the worker side of the process pool: worker_main.
+//
+// A worker is a plain blocking loop on its channel (descriptor 3): read frames,
+// run each call, write its answer before reading the next call, so the parent
+// always knows which call a dying worker was running. It exits when the
+// channel reaches EOF (the parent closed it or died) and, on Linux, when the
+// parent dies (PR_SET_PDEATHSIG).
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <typeinfo>
+
+#include <cxxabi.h>
+#include <fcntl.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include <fmt/format.h>
+
+#include "uvexec/codec.hpp"
+#include "uvexec/detail/frame.hpp"
+#include "uvexec/detail/worker.hpp"
+#include "uvexec/fn.hpp"
+#include "uvexec/process_pool_executor.hpp"
+#include "uvexec/this_worker.hpp"
+
+namespace uvexec {
+namespace detail {
+namespace {
+
+bool in_worker = false;
+std::string worker_name;
+
+[[noreturn]] void die(int status, const std::string& why) {
+    std::fprintf(stderr, "uvexec worker %d (%s): %s\n", static_cast<int>(::getpid()), worker_name.c_str(), why.c_str());
+    std::fflush(nullptr);
+    ::_exit(status);
+}
+
+void write_all(int fd, const std::string& data) {
+    const char* p = data.data();
+    std::size_t left = data.size();
+    while (left > 0) {
+        ssize_t n = ::write(fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            // The parent is gone (EPIPE) or the channel broke: nothing to report to.
+            die(0, fmt::format("channel write failed ({}); exiting", std::strerror(errno)));
+        }
+        p += n;
+        left -= static_cast<std::size_t>(n);
+    }
+}
+
+std::string demangle(const char* mangled) {
+    int status = 0;
+    char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
+    std::string out = (status == 0 && d) ? d : mangled;
+    std::free(d);
+    return out;
+}
+
+/// The current exception as (type name, what()).
+std::pair<std::string, std::string> describe_current() {
+    try {
+        throw;
+    } catch (const std::exception& e) {
+        return {demangle(typeid(e).name()), e.what()};
+    } catch (...) {
+        const std::type_info* t = abi::__cxa_current_exception_type();
+        std::string type = t ? demangle(t->name()) : std::string("unknown");
+        return {"unknown exception type", "a value of type " + type + " was thrown (not a std::exception)"};
+    }
+}
+
+void answer_error(int fd, std::string& out, frame_kind kind, std::uint64_t id, const std::string& type,
+                  const std::string& what) {
+    std::string payload;
+    encode_into(payload, type, what);
+    out.clear();
+    append_frame(out, kind, id, payload);
+    write_all(fd, out);
+}
+
+void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, std::string& result) {
+    if (f.payload.size() < 8) {
+        answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function key");
+        return;
+    }
+    std::uint64_t key = get_u64(f.payload.data());
+    std::string why;
+    trampoline_fn fn = find_function(key, why);
+    if (!fn) {
+        answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", why);
+        return;
+    }
+    result.clear();
+    try {
+        fn(f.payload.substr(8), result);
+    } catch (...) {
+        auto [type, what] = describe_current();
+        answer_error(fd, out, frame_kind::error, f.id, type, what);
+        return;
+    }
+    if (result.size() + 9 > max_frame) {
+        answer_error(fd, out, frame_kind::error, f.id, "uvexec::message_too_large_error",
+                     fmt::format("the result takes {} bytes, more than max_frame_size ({})", result.size(), max_frame));
+        return;
+    }
+    out.clear();
+    append_frame_header(out, frame_kind::result, f.id, result.size());
+    out.append(result);
+    write_all(fd, out);
+}
+
+void run_init(int fd, const frame& f, std::string& out) {
+    std::string why;
+    trampoline_fn fn = f.payload.size() == 8 ? find_function(get_u64(f.payload.data()), why) : nullptr;
+    if (!fn) {
+        answer_error(fd, out, frame_kind::init_failed, 0, "uvexec::error",
+                     why.empty() ? "a malformed initializer frame" : why);
+        return;
+    }
+    std::string ignored;
+    try {
+        fn({}, ignored);
+    } catch (...) {
+        auto [type, what] = describe_current();
+        answer_error(fd, out, frame_kind::init_failed, 0, type, what);
+    }
+}
+
+[[noreturn]] void serve(int fd, std::size_t max_frame) {
+    std::string out, result;
+    append_frame_header(out, frame_kind::hello, static_cast<std::uint64_t>(::getpid()), 4);
+    encode_into(out, protocol_version);
+    write_all(fd, out);
+
+    frame_decoder dec(max_frame);
+    for (;;) {
+        std::size_t room = 0;
+        char* p = dec.prepare(room);
+        ssize_t n = ::read(fd, p, room);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die(3, fmt::format("channel read failed: {}", std::strerror(errno)));
+        }
+        if (n == 0) {
+            // The parent closed the channel (shutdown, retirement) or died.
+            std::fflush(nullptr);
+            std::exit(0);
+        }
+        dec.commit(static_cast<std::size_t>(n));
+        frame f{};
+        for (;;) {
+            auto st = dec.next(f);
+            if (st == frame_decoder::status::need_more) break;
+            if (st == frame_decoder::status::corrupt) die(3, "corrupt frame from the parent: " + dec.error());
+            switch (f.kind) {
+                case frame_kind::call: run_call(fd, max_frame, f, out, result); break;
+                case frame_kind::init: run_init(fd, f, out); break;
+                default: die(3, fmt::format("unexpected frame kind {} from the parent", static_cast<int>(f.kind)));
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void refuse_unserved_worker() {
+    if (in_worker || std::getenv(worker_env_var) == nullptr) return;
+    std::fprintf(stderr,
+                 "uvexec: this process was started as a process-pool worker, but its main() did not call "
+                 "uvexec::worker_main(argc, argv) before using uvexec; exiting with status %d so that it "
+                 "cannot start workers of its own\n",
+                 unserved_worker_status);
+    std::fflush(nullptr);
+    ::_exit(unserved_worker_status);
+}
+
+const std::string& process_worker_name() noexcept { return worker_name; }
+bool in_process_worker() noexcept { return in_worker; }
+
+}  // namespace detail
+
+void worker_main(int argc, char** argv) {
+    using namespace detail;
+    if (argc < 2 || std::string_view(argv[1]) != worker_flag) return;
+    if (argc < 5) die(2, "worker_main: malformed worker command line");
+    std::size_t max_frame = std::strtoull(argv[2], nullptr, 10);
+    worker_name = argv[3];
+    long parent = std::strtol(argv[4], nullptr, 10);
+    in_worker = true;
+    ::unsetenv(worker_env_var);  // our own children are not workers
+
+#ifdef __linux__
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    // The parent may have died before prctl: then we were re-parented.
+    if (parent > 0 && ::getppid() != parent) die(0, "the parent is gone; exiting");
+    std::signal(SIGPIPE, SIG_IGN);
+
+    int fd = channel_fd;
+    int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0) die(2, "worker_main: descriptor 3 (the channel to the parent) is not open");
+    ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // programs the worker starts do not inherit the channel
+    if (max_frame < 64) die(2, "worker_main: malformed maximum frame size");
+    serve(fd, max_frame);
+}
+
+namespace this_worker {
+bool in_process_worker() noexcept { return detail::in_process_worker(); }
+}  // namespace this_worker
+
+}  // namespace uvexec
