@@ -344,8 +344,17 @@ std::string this_executable() {
 
 }  // namespace
 
+void ignore_sigpipe_by_default() {
+    // Writing to a worker that just died raises SIGPIPE, whose default action
+    // would kill the parent. As Python does at startup, ignore it, unless the
+    // program has chosen a disposition of its own.
+    struct sigaction current{};
+    if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+}
+
 process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::move(opts)) {
     refuse_unserved_worker();
+    ignore_sigpipe_by_default();
     max_workers_ = checked(opts_.max_workers, std::max(1u, std::thread::hardware_concurrency()), "max_workers");
     checked(opts_.max_tasks_per_child, 1, "max_tasks_per_child");
     if (opts_.max_in_flight_per_worker < 1)

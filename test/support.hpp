@@ -72,4 +72,14 @@ void settle(uvexec::loop& lp, std::vector<uvexec::future<T>> fs) {
     lp.run_until_complete(detail::wait_all(std::move(fs)));
 }
 
+/// Runs lp (in 5 ms steps, at most 10 s) until pred() holds, for conditions
+/// that only the loop's own callbacks make true and that no future reports.
+template <class Pred>
+void run_until(uvexec::loop& lp, Pred pred) {
+    auto poll = [](uvexec::loop& lp, Pred pred) -> uvexec::task<void> {
+        for (int i = 0; i < 2000 && !pred(); ++i) co_await uvexec::sleep(lp, 5ms);
+    };
+    lp.run_until_complete(poll(lp, pred));
+}
+
 }  // namespace test
