@@ -432,13 +432,24 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
     w->pool = this;
     w->slot = slot;
     w->name = fmt::format("{}_{}", prefix_, slot);
+    // The channel is a socketpair we make ourselves, so the worker's end can
+    // be put on descriptor 3, or on 0 and 1 for launchers that forward only
+    // stdio. Both ends are close-on-exec; libuv clears that on the child's copy.
+    uv_os_sock_t ends[2];
+    if (int r = uv_socketpair(SOCK_STREAM, 0, ends, UV_NONBLOCK_PIPE, 0); r != 0) {
+        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_socketpair for a worker's channel"));
+        delete w;
+        return nullptr;
+    }
     uv_pipe_init(loop_->uv(), &w->pipe, 0);
     w->proc.data = w->pipe.data = w->timer.data = w;
     w->open_handles = 1;
+    uv_pipe_open(&w->pipe, ends[0]);
 
     std::vector<std::string> args = spawn_args_;
     args.push_back(w->name);
     args.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
+    args.push_back(opts_.stdio_channel ? "stdio" : std::to_string(channel_fd));
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -452,18 +463,27 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
     stdio[1].data.fd = 1;
     stdio[2].flags = UV_INHERIT_FD;
     stdio[2].data.fd = 2;
-    stdio[3].flags = static_cast<uv_stdio_flags>(UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE);
-    stdio[3].data.stream = reinterpret_cast<uv_stream_t*>(&w->pipe);
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = ends[1];
+    int stdio_count = 4;
+    if (opts_.stdio_channel) {
+        stdio[0].flags = UV_INHERIT_FD;
+        stdio[0].data.fd = ends[1];
+        stdio[1].data.fd = ends[1];
+        stdio_count = 3;
+    }
 
     uv_process_options_t po{};
     po.file = argv[0];
     po.args = argv.data();
     po.env = envp.data();
     po.stdio = stdio;
-    po.stdio_count = 4;
+    po.stdio_count = stdio_count;
     po.exit_cb = &on_exit;
 
-    if (int r = uv_spawn(loop_->uv(), &w->proc, &po); r != 0) {
+    int r = uv_spawn(loop_->uv(), &w->proc, &po);
+    ::close(ends[1]);
+    if (r != 0) {
         spawn_error_ = std::make_exception_ptr(uv_error(r, fmt::format("uv_spawn of worker '{}'", argv[0])));
         close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
         // libuv requires closing the process handle even when spawning failed.

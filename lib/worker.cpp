@@ -137,7 +137,7 @@ void run_init(int fd, const frame& f, std::string& out) {
     }
 }
 
-[[noreturn]] void serve(int fd, std::size_t max_frame) {
+[[noreturn]] void serve(int in, int fd, std::size_t max_frame) {
     std::string out, result;
     append_frame_header(out, frame_kind::hello, static_cast<std::uint64_t>(::getpid()), 4);
     encode_into(out, protocol_version);
@@ -147,7 +147,7 @@ void run_init(int fd, const frame& f, std::string& out) {
     for (;;) {
         std::size_t room = 0;
         char* p = dec.prepare(room);
-        ssize_t n = ::read(fd, p, room);
+        ssize_t n = ::read(in, p, room);
         if (n < 0) {
             if (errno == EINTR) continue;
             die(3, fmt::format("channel read failed: {}", std::strerror(errno)));
@@ -193,7 +193,7 @@ bool in_process_worker() noexcept { return in_worker; }
 void worker_main(int argc, char** argv) {
     using namespace detail;
     if (argc < 2 || std::string_view(argv[1]) != worker_flag) return;
-    if (argc < 5) die(2, "worker_main: malformed worker command line");
+    if (argc < 6) die(2, "worker_main: malformed worker command line");
     std::size_t max_frame = std::strtoull(argv[2], nullptr, 10);
     worker_name = argv[3];
     long parent = std::strtol(argv[4], nullptr, 10);
@@ -207,13 +207,26 @@ void worker_main(int argc, char** argv) {
     if (parent > 0 && ::getppid() != parent) die(0, "the parent is gone; exiting");
     std::signal(SIGPIPE, SIG_IGN);
 
-    int fd = channel_fd;
-    int flags = ::fcntl(fd, F_GETFL);
-    if (flags < 0) die(2, "worker_main: descriptor 3 (the channel to the parent) is not open");
-    ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // programs the worker starts do not inherit the channel
+    int in = channel_fd, out = channel_fd;
+    if (std::string_view(argv[5]) == "stdio") {
+        // The channel is stdin (requests) and stdout (answers), which a
+        // launcher such as ssh may forward separately: move both away, then
+        // give the worker /dev/null for stdin and its stderr for stdout.
+        in = ::dup(0);
+        out = ::dup(1);
+        int null = ::open("/dev/null", O_RDONLY);
+        if (in < 0 || out < 0 || null < 0 || ::dup2(null, 0) < 0 || ::dup2(2, 1) < 0)
+            die(2, "worker_main: cannot move the stdio channel");
+        ::close(null);
+    }
+    for (int fd : {in, out}) {
+        int flags = ::fcntl(fd, F_GETFL);
+        if (flags < 0) die(2, "worker_main: the channel to the parent is not open");
+        ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // programs the worker starts do not inherit the channel
+    }
     if (max_frame < 64) die(2, "worker_main: malformed maximum frame size");
-    serve(fd, max_frame);
+    serve(in, out, max_frame);
 }
 
 namespace this_worker {

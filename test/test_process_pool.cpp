@@ -67,6 +67,11 @@ void garbage() {
     std::this_thread::sleep_for(std::chrono::seconds(30));
 }
 void noop() {}
+int chatty(int n) {
+    std::printf("a worker's print goes to the terminal, not the channel\n");
+    std::fflush(stdout);
+    return n * n;
+}
 
 struct my_error : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -370,6 +375,16 @@ TEST_CASE("a launcher prefix starts workers through another program") {
     uvexec::loop lp;
     process_pool_executor ex{{.max_workers = 1, .launcher = {"taskset", "-c", "0"}}};
     CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&remote::square>, 5)) == 25);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("with stdio_channel, a launcher that forwards only stdio works and the worker's prints stay off the channel") {
+    uvexec::loop lp;
+    // This launcher closes every descriptor above 2 before starting the worker.
+    process_pool_executor ex{{.max_workers = 1,
+                              .launcher = {"sh", "-c", "exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; exec \"$@\"", "sh"},
+                              .stdio_channel = true}};
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::chatty>, 6)) == 36);
     lp.run_until_complete(ex.shutdown());
 }
 

@@ -78,9 +78,14 @@ struct process_pool_options {
     /// The worker program; empty means this executable (uv_exepath). It must
     /// call uvexec::worker_main first and name the same functions.
     std::string worker_executable{};
-    /// Words put in front of the worker's command line, e.g. {"taskset", "-c", "1"}.
-    /// The launcher must pass descriptor 3 through to the worker (exec does).
+    /// Words put in front of the worker's command line, e.g. {"taskset", "-c", "1"},
+    /// {"srun", "-n1"} or {"ssh", "host"}. The launcher must pass descriptor 3
+    /// through to the worker (exec does), or set stdio_channel.
     std::vector<std::string> launcher{};
+    /// Put the worker's channel on its stdin and stdout instead of descriptor
+    /// 3, for launchers that forward only stdio (ssh). worker_main then points
+    /// the worker's stdout at its stderr, so its prints still reach the terminal.
+    bool stdio_channel = false;
     /// The largest frame either side accepts (a call's arguments or a result,
     /// plus 21 bytes). A larger message fails with message_too_large_error; a
     /// corrupt length never makes either side allocate more.
