@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
 #include "uvexec/thread_pool_executor.hpp"
@@ -135,16 +136,14 @@ void loop_core::close() noexcept {
         dropped.swap(inbox_);
     }
     dropped.clear();
-    uv_close(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    close_handle(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
 
-    // (3) Work already running on pool threads cannot be stopped; its
-    // after_work callback needs the loop, so an owned loop runs until it is
-    // back. A borrowed loop's host runs those callbacks on its next uv_run;
-    // the work items keep themselves and their executor alive until then.
-    if (owned_) {
-        while (clients_busy()) uv_run(uv_, UV_RUN_ONCE);
-        uv_run(uv_, UV_RUN_NOWAIT);  // close callbacks
-    }
+    // (3) Work already running on pool threads cannot be stopped, and its
+    // completion (like a killed worker's exit) needs the loop: run it until
+    // every executor is done, then once more for the close callbacks, so that
+    // no handle of ours is left open or half-closed on a borrowed loop either.
+    while (clients_busy()) uv_run(uv_, UV_RUN_ONCE);
+    uv_run(uv_, UV_RUN_NOWAIT);
     while (auto* c = clients_) {
         detach(*c);
         c->on_loop_closed();

@@ -22,6 +22,7 @@
 
 #include <fmt/format.h>
 
+#include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
 
 extern char** environ;
@@ -48,6 +49,7 @@ struct worker_process {
     int term_signal = 0;
     std::string fault;  // why the pool killed it, if it did
     int open_handles = 0;
+    unsigned closed_by_us = 0;  // bits: proc, pipe, timer
 
     process_call* head = nullptr;  // in-flight FIFO
     process_call* tail = nullptr;
@@ -88,14 +90,31 @@ void on_handle_closed(uv_handle_t* h) {
     if (--w->open_handles == 0) delete w;
 }
 
-void close_handle(worker_process&, uv_handle_t* h) {
-    if (!uv_is_closing(h)) uv_close(h, &on_handle_closed);
+/// Closes one of w's handles, once: the pipe, for one, is closed both when a
+/// worker retires and when it has exited.
+void close_handle(worker_process& w, uv_handle_t* h) {
+    auto bit = h == reinterpret_cast<uv_handle_t*>(&w.proc)   ? 1u
+               : h == reinterpret_cast<uv_handle_t*>(&w.pipe) ? 2u
+                                                                : 4u;
+    if (w.closed_by_us & bit) return;
+    w.closed_by_us |= bit;
+    detail::close_handle(h, &on_handle_closed);
+}
+
+/// An idle worker must not keep the host's uv_run(UV_RUN_DEFAULT) alive; a
+/// busy, starting or exiting one must (its answer or exit is still due).
+void hold_loop(worker_process& w, bool hold) {
+    for (auto* h : {reinterpret_cast<uv_handle_t*>(&w.proc), reinterpret_cast<uv_handle_t*>(&w.pipe)}) {
+        if (uv_is_closing(h)) continue;
+        if (hold) uv_ref(h); else uv_unref(h);
+    }
 }
 
 void kill_worker(worker_process& w, std::string fault) {
     if (w.exited) return;
     if (w.fault.empty()) w.fault = std::move(fault);
     if (w.st != worker_process::state::dying) w.st = worker_process::state::dying;
+    hold_loop(w, true);  // its exit is due
     uv_process_kill(&w.proc, SIGKILL);  // ESRCH if it is already gone: its exit callback follows
 }
 
@@ -253,6 +272,7 @@ void process_frames(worker_process& w) noexcept {
             if (w.st == worker_process::state::starting) {
                 w.st = worker_process::state::ready;
                 uv_timer_stop(&w.timer);
+                if (w.in_flight == 0) hold_loop(w, false);
             }
         } else if (f.kind == frame_kind::result || f.kind == frame_kind::error) {
             if (w.head == nullptr || get_u64(w.head->frame.data() + 5) != f.id) {
@@ -552,7 +572,7 @@ void process_pool_core::pump() noexcept {
         c.next = nullptr;
         if (best->tail) best->tail->next = &c; else best->head = &c;
         best->tail = &c;
-        ++best->in_flight;
+        if (best->in_flight++ == 0) hold_loop(*best, true);
         ++best->calls_sent;
         ++in_flight_;
     }
@@ -565,11 +585,13 @@ void process_pool_core::on_call_done(worker_process& w) noexcept {
     const auto max_tasks = static_cast<std::size_t>(opts_.max_tasks_per_child.value_or(0));
     if (max_tasks != 0 && w.calls_sent >= max_tasks && w.in_flight == 0) retire(w);
     pump();
+    if (w.in_flight == 0 && w.st == worker_process::state::ready) hold_loop(w, false);
 }
 
 void process_pool_core::retire(worker_process& w) noexcept {
     if (w.st == worker_process::state::retiring || w.st == worker_process::state::dying || w.exited) return;
     w.st = worker_process::state::retiring;
+    hold_loop(w, true);  // its exit is due
     // Closing our end is the worker's signal to exit; it is reaped in on_exit.
     close_handle(w, reinterpret_cast<uv_handle_t*>(&w.pipe));
     start_timer(w, retire_grace, &on_grace_over);

@@ -1,6 +1,7 @@
 // uvexec — one-shot timers for sleep() and wait() deadlines.
 #include "uvexec/detail/timer.hpp"
 
+#include "uvexec/detail/handle.hpp"
 #include "uvexec/error.hpp"
 
 namespace uvexec::detail {
@@ -15,7 +16,7 @@ timer::timer(uv_loop_t* uv) : h_(new handle) {
 
 timer::~timer() {
     uv_timer_stop(&h_->uv);
-    uv_close(reinterpret_cast<uv_handle_t*>(&h_->uv),
+    close_handle(reinterpret_cast<uv_handle_t*>(&h_->uv),
              [](uv_handle_t* h) { delete static_cast<handle*>(h->data); });
 }
 

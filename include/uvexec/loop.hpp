@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <future>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -84,17 +85,18 @@ public:
     /// Creates and owns a new uv_loop_t.
     loop();
     /// Borrows the host's loop. uvexec adds one unreferenced uv_async_t to it
-    /// and closes it when this object goes away (the host must run its loop
-    /// once more afterwards so libuv can finish closing it).
+    /// and closes it when this object goes away.
     explicit loop(uv_loop_t* host);
     /// Closing a loop with work outstanding, in this order: (1) coroutines
     /// still suspended in spawned tasks are destroyed and their futures
     /// cancelled; (2) every executor bound to the loop drops its queued work
-    /// (futures cancelled) and libuv cancels work not yet started; (3) the loop
-    /// runs until work already running on pool threads has finished, because it
-    /// cannot be stopped; (4) uvexec's handles are closed; an owned loop is
-    /// closed with uv_loop_close. Nothing leaks and no callback touches freed
-    /// memory. Never destroy a loop from inside one of its own callbacks.
+    /// (futures cancelled), libuv cancels thread work not yet started, and
+    /// worker processes are killed; (3) the loop (owned or borrowed) runs until
+    /// thread work already running has finished, because it cannot be stopped,
+    /// and every killed worker is reaped; (4) uvexec's handles are closed and
+    /// their close callbacks run; an owned loop is closed with uv_loop_close.
+    /// Nothing leaks, no zombie is left, and no callback touches freed memory.
+    /// Destroy a loop outside uv_run, never from one of its own callbacks.
     ~loop();
     loop(const loop&) = delete;
     loop& operator=(const loop&) = delete;
@@ -155,6 +157,45 @@ public:
         return ex.submit(*this, std::forward<F>(fn), std::forward<A>(args)...);
     }
 
+    /// Python: asyncio.run_coroutine_threadsafe(coro, loop). From a thread
+    /// other than the loop's: runs the task on this loop and returns a
+    /// std::future for its result, to wait for on the calling thread. The loop
+    /// must be running (the host's uv_run, or run_until_complete on its
+    /// thread). Throws loop_closed_error if the loop is closed; if it closes
+    /// before the task ran, the std::future reports a broken promise.
+    template <class T>
+    std::future<T> run_coroutine_threadsafe(task<T> t) {
+        auto result = std::make_shared<std::promise<T>>();
+        auto f = result->get_future();
+        call_soon_threadsafe([this, t = std::move(t), result]() mutable {
+            try {
+                spawn(std::move(t)).add_done_callback([result](future<T> done) {
+                    try {
+                        if constexpr (std::is_void_v<T>) {
+                            done.result();
+                            result->set_value();
+                        } else {
+                            result->set_value(std::move(done).result());
+                        }
+                    } catch (...) {
+                        result->set_exception(std::current_exception());
+                    }
+                });
+            } catch (...) {
+                result->set_exception(std::current_exception());
+            }
+        });
+        return f;
+    }
+
+    /// run_in_executor from a thread other than the loop's: the call is
+    /// submitted on the loop thread and its result arrives in a std::future.
+    /// Same conditions as run_coroutine_threadsafe.
+    template <class Executor, class F, class... A>
+    auto run_in_executor_threadsafe(Executor& ex, F fn, A... args) {
+        return run_coroutine_threadsafe(call_in_executor(*this, ex, std::move(fn), std::move(args)...));
+    }
+
     /// The executor used for run_in_executor(nullptr, ...): a
     /// thread_pool_executor with default options, created on first use and
     /// destroyed with the loop.
@@ -166,6 +207,12 @@ public:
 
 private:
     void check_open() const;
+
+    template <class Executor, class F, class... A>
+    static auto call_in_executor(loop& lp, Executor& ex, F fn, A... args)
+        -> task<typename decltype(lp.run_in_executor(ex, std::move(fn), std::move(args)...))::value_type> {
+        co_return co_await lp.run_in_executor(ex, std::move(fn), std::move(args)...);
+    }
 
     std::shared_ptr<detail::loop_core> core_;
     std::unique_ptr<thread_pool_executor> default_executor_;

@@ -543,7 +543,7 @@ TEST_CASE("100 pings on another connection are answered while two slow fibs run"
     in_process_server srv({.threads = 2, .processes = 2});
     REQUIRE(srv.start());
 
-    constexpr int slow_n = 43;  // a second or more of CPU each (see offload::max_fib_n)
+    constexpr int slow_n = 40;  // about a second of CPU each (see offload::max_fib_n)
     client a(srv.port()), b(srv.port());
     REQUIRE(a.send(fmt::format("fib {}\n", slow_n)));
     REQUIRE(b.send(fmt::format("fib {}\n", slow_n)));
@@ -582,13 +582,13 @@ TEST_CASE("a client that disconnects mid-request does not crash the server, and 
     SUBCASE("by a reset") {
         client a(srv.port());
         // One fib runs in the only worker, the second waits in the pool's queue.
-        REQUIRE(a.send("fib 42\nfib 42\nsquare 5\nping\n"));
+        REQUIRE(a.send("fib 40\nfib 40\nsquare 5\nping\n"));
         REQUIRE(eventually([&] { return srv.stats().work_submitted == 3; }));
         a.reset();
     }
     SUBCASE("by an orderly close") {
         client a(srv.port());
-        REQUIRE(a.send("fib 42\nfib 42\nsquare 5\nping\n"));
+        REQUIRE(a.send("fib 40\nfib 40\nsquare 5\nping\n"));
         REQUIRE(eventually([&] { return srv.stats().work_submitted == 3; }));
         a.close();
     }
@@ -693,10 +693,10 @@ TEST_CASE("a client pipelining more requests than the per-connection limit is re
     REQUIRE(srv.start());
     client c(srv.port());
     std::string reqs;
-    for (int i = 0; i < 200; ++i) reqs += "fib 43\n";
+    for (int i = 0; i < 200; ++i) reqs += "fib 40\n";
     REQUIRE(c.send(reqs));
     // The 200 lines arrive together, but the server takes only 8 of them;
-    // the first fib 43 takes a second or more, and until it is answered no
+    // the first fib 40 takes about a second, and until it is answered no
     // further request is taken from this connection.
     REQUIRE(eventually([&] { return srv.stats().work_submitted >= 8; }));
     CHECK(srv.stats().work_submitted == 8);
@@ -711,7 +711,7 @@ TEST_CASE("stop() while work runs closes the clients and returns 0 with nothing 
     in_process_server srv({.threads = 1, .processes = 2});
     REQUIRE(srv.start());
     client c(srv.port());
-    REQUIRE(c.send("fib 41\nfib 41\nfib 41\nsquare 4\n"));
+    REQUIRE(c.send("fib 40\nfib 40\nfib 40\nsquare 4\n"));
     REQUIRE(eventually([&] { return srv.stats().work_submitted == 4; }));
     CHECK(srv.stop() == 0);
     CHECK(c.closed_by_peer());
@@ -745,7 +745,7 @@ TEST_CASE("SIGTERM during work: the example exits 0, closes its clients and leav
     REQUIRE(child.start({"--host", "127.0.0.1", "--port", "0", "--threads", "2", "--processes", "2"}));
 
     client work(child.port());
-    REQUIRE(work.send("square 3\nfib 42\nfib 42\nfib 42\n"));  // two fibs run, the third waits
+    REQUIRE(work.send("square 3\nfib 40\nfib 40\nfib 40\n"));  // two fibs run, the third waits
     CHECK(work.line() == "9");
     client p(child.port());
     REQUIRE(p.send("ping\n"));
@@ -790,7 +790,7 @@ TEST_CASE("shutdown does not wait for running work beyond --grace, or after a se
         second_signal = true;
     }
     client c(child.port());
-    REQUIRE(c.send("fib 45\n"));  // several seconds at least
+    REQUIRE(c.send("fib 45\n"));  // ten seconds or more
     std::set<pid_t> workers;
     REQUIRE(eventually([&] { return (workers = children_of(child.pid())).size() == 1; }));
     auto t0 = steady::now();
