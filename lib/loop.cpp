@@ -119,6 +119,14 @@ void loop_core::no_more_work() const {
 void loop_core::close() noexcept {
     if (closing_) return;
     closing_ = true;
+    // A host that closed our wakeup handle has shut its loop down (and maybe
+    // closed it) under us: we must not run it again. The documented order is
+    // the other way round; say so instead of crashing.
+    const bool host_closed_loop = uv_is_closing(reinterpret_cast<uv_handle_t*>(wakeup_)) != 0;
+    if (host_closed_loop)
+        std::fprintf(stderr,
+                     "uvexec: the host closed uvexec's handles before destroying uvexec::loop; destroy uvexec's "
+                     "loop and executors before closing the uv_loop_t. Work still running is abandoned.\n");
 
     // (1) Coroutines still suspended are destroyed; their futures are cancelled
     // by the runner's guard. That may resume other coroutines, which then
@@ -142,8 +150,10 @@ void loop_core::close() noexcept {
     // completion (like a killed worker's exit) needs the loop: run it until
     // every executor is done, then once more for the close callbacks, so that
     // no handle of ours is left open or half-closed on a borrowed loop either.
-    while (clients_busy()) uv_run(uv_, UV_RUN_ONCE);
-    uv_run(uv_, UV_RUN_NOWAIT);
+    if (!host_closed_loop) {
+        while (clients_busy()) uv_run(uv_, UV_RUN_ONCE);
+        uv_run(uv_, UV_RUN_NOWAIT);
+    }
     while (auto* c = clients_) {
         detach(*c);
         c->on_loop_closed();

@@ -219,7 +219,7 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             it.worker_exception = std::current_exception();
         }
     }
-    if (!it.initializer_failed) it.run(&it);
+    if (!it.initializer_failed) it.ops->run(&it);
     current_slot_name = nullptr;
 }
 
@@ -248,7 +248,7 @@ void thread_pool_core::finish(pool_item& it, int status) noexcept {
 
     // Completing the future may resume a coroutine that does anything, even
     // destroy the executor; busy_ keeps this core alive until settle().
-    future_state_base* st = it.state;
+    future_state_base* st = it.shared_state();
     if (status == UV_ECANCELED) {
         st->cancel();
     } else if (it.initializer_failed) {
@@ -256,7 +256,7 @@ void thread_pool_core::finish(pool_item& it, int status) noexcept {
             st->set_exception(std::make_exception_ptr(broken_executor_error(fmt::format(
                 "uvexec: thread_pool_executor '{}' initializer failed: {}", prefix_, describe(it.worker_exception)))));
     } else {
-        it.publish(&it);
+        it.ops->publish(&it);
     }
     st->release();
     --busy_;
@@ -281,7 +281,7 @@ void thread_pool_core::cancel(pool_item& it) noexcept {
             it.prev = it.next = nullptr;
             it.at = pool_item::where::nowhere;
             --queued_count_;
-            it.state->release();  // the canceller holds its own reference
+            it.shared_state()->release();  // the canceller holds its own reference
             settle();
             break;
         case pool_item::where::in_libuv:
@@ -303,7 +303,7 @@ void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) n
         it->prev = it->next = nullptr;
         it->at = pool_item::where::nowhere;
         --queued_count_;
-        future_state_base* st = it->state;
+        future_state_base* st = it->shared_state();
         if (cancel) st->cancel();
         else if (!st->done()) st->set_exception(why);
         st->release();
