@@ -72,30 +72,39 @@ void loop_core::unhold() noexcept {
     if (--holds_ == 0 && !closing_) uv_unref(reinterpret_cast<uv_handle_t*>(wakeup_));
 }
 
+namespace {
+// The loop's two intrusive lists (spawned coroutines, clients) differ only in
+// their link members.
+template <class N, N* N::*Prev, N* N::*Next>
+void push_front(N*& head, N& n) noexcept {
+    n.*Prev = nullptr;
+    n.*Next = head;
+    if (head) head->*Prev = &n;
+    head = &n;
+}
+
+template <class N, N* N::*Prev, N* N::*Next>
+void unlink(N*& head, N& n) noexcept {
+    if (n.*Prev) (n.*Prev)->*Next = n.*Next; else head = n.*Next;
+    if (n.*Next) (n.*Next)->*Prev = n.*Prev;
+    n.*Prev = n.*Next = nullptr;
+}
+}  // namespace
+
 void loop_core::track(spawned_node& n) noexcept {
-    n.prev = nullptr;
-    n.next = spawned_;
-    if (spawned_) spawned_->prev = &n;
-    spawned_ = &n;
+    push_front<spawned_node, &spawned_node::prev, &spawned_node::next>(spawned_, n);
 }
 
 void loop_core::untrack(spawned_node& n) noexcept {
-    if (n.prev) n.prev->next = n.next; else spawned_ = n.next;
-    if (n.next) n.next->prev = n.prev;
-    n.prev = n.next = nullptr;
+    unlink<spawned_node, &spawned_node::prev, &spawned_node::next>(spawned_, n);
 }
 
 void loop_core::attach(loop_client& c) noexcept {
-    c.prev_ = nullptr;
-    c.next_ = clients_;
-    if (clients_) clients_->prev_ = &c;
-    clients_ = &c;
+    push_front<loop_client, &loop_client::prev_, &loop_client::next_>(clients_, c);
 }
 
 void loop_core::detach(loop_client& c) noexcept {
-    if (c.prev_) c.prev_->next_ = c.next_; else clients_ = c.next_;
-    if (c.next_) c.next_->prev_ = c.prev_;
-    c.prev_ = c.next_ = nullptr;
+    unlink<loop_client, &loop_client::prev_, &loop_client::next_>(clients_, c);
 }
 
 bool loop_core::clients_busy() const noexcept {
