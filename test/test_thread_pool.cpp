@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "support.hpp"
 
 using namespace test;
@@ -54,6 +56,30 @@ TEST_CASE("before libuv's pool starts, UV_THREADPOOL_SIZE is raised to fit the e
         }));
     lp.run_until_complete(uvexec::gather(std::move(fs)));
     CHECK(arrived == 9);
+}
+
+TEST_CASE("once libuv's pool has started, an executor it cannot fit is reported once on stderr") {
+    // The first test started the pool (13 threads, or the environment's size).
+    const std::size_t size = uvexec::libuv_pool_size();
+    std::FILE* capture = std::tmpfile();
+    REQUIRE(capture != nullptr);
+    std::fflush(stderr);
+    int saved = ::dup(2);
+    ::dup2(::fileno(capture), 2);
+    {
+        thread_pool_executor too_big{{.max_workers = static_cast<int>(size) + 1}};
+        thread_pool_executor again{{.max_workers = static_cast<int>(size) + 1}};
+    }
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::string text;
+    std::rewind(capture);
+    for (int c; (c = std::fgetc(capture)) != EOF;) text.push_back(static_cast<char>(c));
+    std::fclose(capture);
+    CHECK(text.find("uvexec: warning: libuv's thread pool has") != std::string::npos);
+    CHECK(text.find("UV_THREADPOOL_SIZE=") != std::string::npos);
+    CHECK(text.find("warning", text.find("warning") + 1) == std::string::npos);  // once
 }
 
 TEST_CASE("max_workers below 1 or above 1024 is an error at construction") {
