@@ -66,6 +66,7 @@ char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {
 }
 
 void frame_decoder::feed(const char* data, std::size_t n) {
+    if (n == 0) return;  // memcpy's pointers must be valid even for 0 bytes; an empty buffer's is null
     std::size_t room = 0;
     char* p = prepare(room, n);
     std::memcpy(p, data, n);

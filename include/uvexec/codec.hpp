@@ -53,6 +53,7 @@ public:
 
     void loadBinary(void* data, std::streamsize size) {
         auto n = static_cast<std::size_t>(size);
+        if (n == 0) return;  // an empty vector's data() may be null, which memcpy may not get
         if (n > bytes_.size() - pos_)
             throw cereal::Exception("truncated: " + std::to_string(n) + " bytes wanted, " +
                                     std::to_string(bytes_.size() - pos_) + " left");
@@ -69,6 +70,15 @@ private:
 template <class T>
 inline std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, T& t) {
     ar.loadBinary(std::addressof(t), sizeof(t));
+}
+
+/// A bool is one byte, 0 or 1: reading any other byte into a bool would give
+/// it an undefined value (std::optional's flag, say), so it is refused.
+inline void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, bool& b) {
+    unsigned char v = 0;
+    ar.loadBinary(&v, 1);
+    if (v > 1) throw cereal::Exception("a bool stored as " + std::to_string(v) + " (0 or 1 expected)");
+    b = v != 0;
 }
 
 template <class T>
