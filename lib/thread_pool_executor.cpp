@@ -11,9 +11,11 @@
 //  - mutex_ guards the pending queue, the done list, every item's `at`,
 //    pending_count_, running_count_, active_runners_, stopped_ and the free
 //    slots. A runner decides to retire (take_locked) under the same lock as
-//    submit() decides whether to start one, so a pending call always has an
-//    active runner to take it (unless stopped_: the initializer failed, and
-//    the loop thread fails the pending calls when that call comes back);
+//    submit() decides whether to start one, so there are always at least
+//    pending_count_ active runners not running a call (they will take one), or
+//    all max_workers_ runners are active: no pending call is left without a runner
+//    (unless stopped_: the initializer failed, and the loop thread fails the
+//    pending calls when that call comes back);
 //  - active_runners_ <= max_workers_, and each active runner holds one slot,
 //    so running_count_ <= max_workers_; a retired runner's request may still
 //    be inside libuv (runners_out_ counts those too, on the loop thread);
@@ -226,8 +228,10 @@ void thread_pool_core::submit(pool_item& it) noexcept {
         pending_tail_ = &it;
         ++pending_count_;
         // Decided under the same lock as a runner's decision to retire, so a
-        // call is never left pending with no runner to take it.
-        if (active_runners_ < max_workers_ && !stopped_) {
+        // call is never left pending with no runner to take it. A runner is
+        // started only if the active runners not running a call (about to
+        // take one) are fewer than the pending calls: no needless restarts.
+        if (active_runners_ < max_workers_ && !stopped_ && pending_count_ > active_runners_ - running_count_) {
             ++active_runners_;
             slot = free_slots_[free_head_];
             free_head_ = (free_head_ + 1) % max_workers_;
