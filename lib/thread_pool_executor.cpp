@@ -1,25 +1,48 @@
-// uvexec — thread_pool_executor: admission queue over uv_queue_work.
+// uvexec — thread_pool_executor: runners over uv_queue_work.
 //
-// Invariants (all on the loop thread):
-//  - an item is in exactly one of: the admission queue, the running list
-//    (inside libuv), or neither (finished or cancelled);
-//  - in_flight_ == length of the running list <= max_workers_;
-//  - the executor holds one reference to each item's state while the item is
-//    queued or inside libuv, and drops it when the item leaves both;
-//  - the core outlives its executor object while work is inside libuv
-//    (orphaned_), and frees itself in settle() once nothing is left.
+// At most max_workers "runner" requests of an executor are inside libuv at
+// once. A runner's work_cb takes calls from the pending queue one after
+// another, runs them, and appends each to the done list, until the queue is
+// empty; then it retires. One uv_async_t per executor wakes the loop, which
+// completes the done list whole (on_done); a retiring runner's after_work_cb
+// also takes it, so a single call costs no extra wakeup.
+//
+// Invariants:
+//  - mutex_ guards the pending queue, the done list, every item's `at`,
+//    pending_count_, running_count_, active_runners_, stopped_ and the free
+//    slots. A runner decides to retire (take_locked) under the same lock as
+//    submit() decides whether to start one, so there are always at least
+//    pending_count_ active runners not running a call (they will take one), or
+//    all max_workers_ runners are active: no pending call is left without a runner
+//    (unless stopped_: the initializer failed, and the loop thread fails the
+//    pending calls when that call comes back);
+//  - active_runners_ <= max_workers_, and each active runner holds one slot,
+//    so running_count_ <= max_workers_; a retired runner's request may still
+//    be inside libuv (runners_out_ counts those too, on the loop thread);
+//  - an item is pending, running, done (finished, awaiting the loop) or
+//    nowhere; the executor holds one reference to its state from submit() until
+//    the loop thread completes, cancels or fails it (outstanding_ counts them);
+//  - async_ is referenced exactly while outstanding_ > 0, so an idle executor
+//    does not keep a host's uv_run alive and a busy one keeps run_until going;
+//  - async_ stays open while any runner is inside libuv (runners send on it
+//    without the lock); it is closed when the core is freed or, when the loop
+//    closes, once the last runner is back;
+//  - the core outlives its executor object while calls are outstanding or
+//    runners are inside libuv (orphaned_), and frees itself in settle().
 #include "uvexec/thread_pool_executor.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 
 #include <fmt/format.h>
 
+#include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
 
@@ -154,7 +177,9 @@ thread_pool_core::thread_pool_core(thread_pool_options opts)
     reserve_pool_threads(max_workers_);
 }
 
-thread_pool_core::~thread_pool_core() = default;
+thread_pool_core::~thread_pool_core() {
+    for (auto* r : spare_runners_) delete r;
+}
 
 void thread_pool_core::accept(loop_core& lp) {
     if (broken_)
@@ -165,150 +190,261 @@ void thread_pool_core::accept(loop_core& lp) {
             fmt::format("uvexec: cannot submit to thread_pool_executor '{}' after shutdown()", prefix_));
     if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
     if (loop_ == nullptr) {
+        auto* a = new uv_async_t;
+        if (int r = uv_async_init(lp.uv(), a, &thread_pool_core::on_done); r != 0) {
+            delete a;
+            throw uv_error(r, "uv_async_init");
+        }
+        a->data = this;
+        // Referenced only while calls are outstanding (see submit/item_gone):
+        // an idle executor must not keep a host's uv_run alive.
+        uv_unref(reinterpret_cast<uv_handle_t*>(a));
+        async_ = a;
         loop_ = &lp;
         lp.attach(*this);
     } else if (loop_ != &lp) {
         throw invalid_state_error(fmt::format(
             "uvexec: thread_pool_executor '{}' is bound to another loop; use one executor per loop", prefix_));
     }
+    // submit() is noexcept: have a runner ready in case it must start one.
+    if (spare_runners_.empty()) {
+        auto r = std::make_unique<pool_runner>();
+        spare_runners_.reserve(total_runners_ + 1);  // so after_work_cb's push_back never allocates
+        spare_runners_.push_back(r.release());
+        ++total_runners_;
+    }
 }
 
 void thread_pool_core::submit(pool_item& it) noexcept {
     it.pool = this;
-    if (in_flight_ < max_workers_ && queue_head_ == nullptr) {
-        start(it);
-        return;
+    bool start = false;
+    std::uint32_t slot = 0;
+    {
+        std::lock_guard lock(mutex_);
+        it.at = pool_item::where::pending;
+        it.prev = pending_tail_;
+        it.next = nullptr;
+        if (pending_tail_) pending_tail_->next = &it; else pending_head_ = &it;
+        pending_tail_ = &it;
+        ++pending_count_;
+        // Decided under the same lock as a runner's decision to retire, so a
+        // call is never left pending with no runner to take it. A runner is
+        // started only if the active runners not running a call (about to
+        // take one) are fewer than the pending calls: no needless restarts.
+        if (active_runners_ < max_workers_ && !stopped_ && pending_count_ > active_runners_ - running_count_) {
+            ++active_runners_;
+            slot = free_slots_[free_head_];
+            free_head_ = (free_head_ + 1) % max_workers_;
+            --free_count_;
+            start = true;
+        }
     }
-    it.at = pool_item::where::queued;
-    it.prev = queue_tail_;
-    it.next = nullptr;
-    if (queue_tail_) queue_tail_->next = &it; else queue_head_ = &it;
-    queue_tail_ = &it;
-    ++queued_count_;
+    if (outstanding_++ == 0 && async_) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
+    if (start) start_runner(slot);
 }
 
-void thread_pool_core::start(pool_item& it) noexcept {
-    it.slot = free_slots_[free_head_];
-    free_head_ = (free_head_ + 1) % max_workers_;
-    --free_count_;
-    it.at = pool_item::where::in_libuv;
-    it.prev = nullptr;
-    it.next = running_;
-    if (running_) running_->prev = &it;
-    running_ = &it;
-    ++in_flight_;
+void thread_pool_core::start_runner(std::uint32_t slot) noexcept {
+    // accept() left at least one spare runner, and runners only return to the
+    // spare list on the loop thread, so one is there.
+    pool_runner* r = spare_runners_.back();
+    spare_runners_.pop_back();
+    r->pool = this;
+    r->slot = slot;
+    r->req.data = r;
+    r->prev = nullptr;
+    r->next = runners_;
+    if (runners_) runners_->prev = r;
+    runners_ = r;
+    ++runners_out_;
     note_pool_started();
-    if (int r = uv_queue_work(loop_->uv(), &it.req, &thread_pool_core::work_cb, &thread_pool_core::after_work_cb); r != 0) {
+    if (int rc = uv_queue_work(loop_->uv(), &r->req, &thread_pool_core::work_cb, &thread_pool_core::after_work_cb);
+        rc != 0) {
         // Only a programming error gets here (libuv validates nothing else).
-        it.worker_exception = std::make_exception_ptr(uv_error(r, "uv_queue_work"));
-        finish(it, 0);
+        std::fprintf(stderr, "uvexec: uv_queue_work failed: %s\n", uv_strerror(rc));
+        std::abort();
     }
+}
+
+// Under mutex_: the runner's next call, or null after retiring the runner.
+pool_item* thread_pool_core::take_locked(pool_runner& r) noexcept {
+    pool_item* it = pending_head_;
+    if (it == nullptr || stopped_) {
+        --active_runners_;
+        free_slots_[(free_head_ + free_count_) % max_workers_] = r.slot;
+        ++free_count_;
+        return nullptr;
+    }
+    pending_head_ = it->next;
+    if (pending_head_) pending_head_->prev = nullptr; else pending_tail_ = nullptr;
+    it->prev = it->next = nullptr;
+    it->at = pool_item::where::running;
+    --pending_count_;
+    ++running_count_;
+    return it;
 }
 
 void thread_pool_core::work_cb(uv_work_t* req) noexcept {
-    auto& it = *static_cast<pool_item*>(req->data);
-    auto& pool = *it.pool;  // immutable fields only: names, initializer, id
-    current_slot_name = &pool.slot_names_[it.slot];
-    if (pool.initializer_ &&
-        std::find(initialized_executors.begin(), initialized_executors.end(), pool.id_) == initialized_executors.end()) {
-        try {
-            pool.initializer_();
-            initialized_executors.push_back(pool.id_);
-        } catch (...) {
-            it.initializer_failed = true;
-            it.worker_exception = std::current_exception();
-        }
+    auto& r = *static_cast<pool_runner*>(req->data);
+    auto& pool = *r.pool;  // mutable fields only under pool.mutex_
+    current_slot_name = &pool.slot_names_[r.slot];
+    bool initialized = !pool.initializer_ || std::find(initialized_executors.begin(), initialized_executors.end(),
+                                                       pool.id_) != initialized_executors.end();
+    pool_item* it;
+    {
+        std::lock_guard lock(pool.mutex_);
+        it = pool.take_locked(r);
     }
-    if (!it.initializer_failed) it.ops->run(&it);
+    while (it != nullptr) {
+        if (!initialized) {
+            try {
+                pool.initializer_();
+                initialized_executors.push_back(pool.id_);
+                initialized = true;
+            } catch (...) {
+                it->initializer_failed = true;
+                it->worker_exception = std::current_exception();
+            }
+        }
+        if (!it->initializer_failed) it->ops->run(it);
+        bool wake;
+        {
+            std::lock_guard lock(pool.mutex_);
+            --pool.running_count_;
+            if (it->initializer_failed) pool.stopped_ = true;
+            // Wakeups coalesce: only the call that makes the done list
+            // non-empty sends one; on_done takes the whole list.
+            wake = pool.done_head_ == nullptr;
+            it->at = pool_item::where::done;
+            it->next = nullptr;
+            if (pool.done_tail_) pool.done_tail_->next = it; else pool.done_head_ = it;
+            pool.done_tail_ = it;
+            it = pool.take_locked(r);
+            // A retiring runner's after_work_cb takes the done list anyway.
+            if (it == nullptr) wake = false;
+        }
+        // The handle stays open while any runner is inside libuv (close_async).
+        if (wake) uv_async_send(pool.async_);
+    }
     current_slot_name = nullptr;
 }
 
 void thread_pool_core::after_work_cb(uv_work_t* req, int status) noexcept {
-    auto& it = *static_cast<pool_item*>(req->data);
-    it.pool->finish(it, status);
+    auto& r = *static_cast<pool_runner*>(req->data);
+    auto& pool = *r.pool;
+    if (status == UV_ECANCELED) {
+        // Cancelled before it reached a thread (only when the loop closes,
+        // after the pending queue was emptied): retire it here.
+        std::lock_guard lock(pool.mutex_);
+        --pool.active_runners_;
+        pool.free_slots_[(pool.free_head_ + pool.free_count_) % pool.max_workers_] = r.slot;
+        ++pool.free_count_;
+    }
+    if (r.prev) r.prev->next = r.next; else pool.runners_ = r.next;
+    if (r.next) r.next->prev = r.prev;
+    r.prev = r.next = nullptr;
+    --pool.runners_out_;
+    pool.spare_runners_.push_back(&r);  // capacity reserved when r was allocated
+    pool.drain_done();
+    if (pool.closing_ && pool.runners_out_ == 0) pool.close_async();
+    pool.settle();  // may free the core
 }
 
-void thread_pool_core::finish(pool_item& it, int status) noexcept {
-    ++busy_;
-    if (it.prev) it.prev->next = it.next; else running_ = it.next;
-    if (it.next) it.next->prev = it.prev;
-    it.prev = it.next = nullptr;
-    it.at = pool_item::where::nowhere;
-    --in_flight_;
-    free_slots_[(free_head_ + free_count_) % max_workers_] = it.slot;
-    ++free_count_;
+void thread_pool_core::on_done(uv_async_t* h) noexcept {
+    auto& pool = *static_cast<thread_pool_core*>(h->data);
+    pool.drain_done();
+    pool.settle();  // may free the core
+}
 
+void thread_pool_core::drain_done() noexcept {
+    pool_item* batch;
+    {
+        std::lock_guard lock(mutex_);
+        batch = done_head_;
+        done_head_ = done_tail_ = nullptr;
+    }
+    if (batch == nullptr) return;
+    // Completing a future may resume a coroutine that does anything, even
+    // destroy the executor; busy_ keeps this core alive until settle().
+    ++busy_;
+    while (pool_item* it = batch) {
+        batch = it->next;
+        it->next = nullptr;
+        finish(*it);
+    }
+    --busy_;
+}
+
+void thread_pool_core::finish(pool_item& it) noexcept {
+    it.at = pool_item::where::nowhere;  // no runner touches it any more
     if (it.initializer_failed && !broken_) {
         broken_ = true;
         fail_queued(false, std::make_exception_ptr(broken_executor_error(fmt::format(
                                "uvexec: thread_pool_executor '{}' is broken: its initializer failed: {}", prefix_,
                                describe(it.worker_exception)))));
     }
-    admit();
-
-    // Completing the future may resume a coroutine that does anything, even
-    // destroy the executor; busy_ keeps this core alive until settle().
     future_state_base* st = it.shared_state();
-    if (status == UV_ECANCELED) {
-        st->cancel();
-    } else if (it.initializer_failed) {
+    if (it.initializer_failed) {
         if (!st->done())
             st->set_exception(std::make_exception_ptr(broken_executor_error(fmt::format(
                 "uvexec: thread_pool_executor '{}' initializer failed: {}", prefix_, describe(it.worker_exception)))));
     } else {
-        it.ops->publish(&it);
+        it.ops->publish(&it);  // drops the result if the future was cancelled while running
     }
     st->release();
-    --busy_;
-    settle();
+    item_gone();
 }
 
-void thread_pool_core::admit() noexcept {
-    while (!broken_ && in_flight_ < max_workers_ && queue_head_ != nullptr) {
-        pool_item& it = *queue_head_;
-        queue_head_ = it.next;
-        if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
-        --queued_count_;
-        start(it);
-    }
+void thread_pool_core::item_gone() noexcept {
+    if (--outstanding_ == 0 && async_) uv_unref(reinterpret_cast<uv_handle_t*>(async_));
 }
 
 void thread_pool_core::cancel(pool_item& it) noexcept {
-    switch (it.at) {
-        case pool_item::where::queued:
-            if (it.prev) it.prev->next = it.next; else queue_head_ = it.next;
-            if (it.next) it.next->prev = it.prev; else queue_tail_ = it.prev;
-            it.prev = it.next = nullptr;
-            it.at = pool_item::where::nowhere;
-            --queued_count_;
-            it.shared_state()->release();  // the canceller holds its own reference
-            settle();
-            break;
-        case pool_item::where::in_libuv:
-            // Succeeds while the work waits for a libuv thread (after_work_cb
-            // then sees UV_ECANCELED); fails with EBUSY once it runs, and the
-            // result is dropped when it comes back.
-            uv_cancel(reinterpret_cast<uv_req_t*>(&it.req));
-            break;
-        case pool_item::where::nowhere:
-            break;
+    {
+        std::lock_guard lock(mutex_);
+        // A running call cannot be stopped: its future is already cancelled
+        // and publish() drops the result when it comes back.
+        if (it.at != pool_item::where::pending) return;
+        if (it.prev) it.prev->next = it.next; else pending_head_ = it.next;
+        if (it.next) it.next->prev = it.prev; else pending_tail_ = it.prev;
+        it.prev = it.next = nullptr;
+        it.at = pool_item::where::nowhere;
+        --pending_count_;
     }
+    it.shared_state()->release();  // the canceller holds its own reference
+    item_gone();
+    settle();
 }
 
 void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) noexcept {
+    pool_item* list;
+    {
+        std::lock_guard lock(mutex_);
+        list = pending_head_;
+        pending_head_ = pending_tail_ = nullptr;
+        pending_count_ = 0;
+        for (pool_item* it = list; it; it = it->next) it->at = pool_item::where::nowhere;
+    }
     ++busy_;
-    while (pool_item* it = queue_head_) {
-        queue_head_ = it->next;
-        if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
+    while (pool_item* it = list) {
+        list = it->next;
         it->prev = it->next = nullptr;
-        it->at = pool_item::where::nowhere;
-        --queued_count_;
         future_state_base* st = it->shared_state();
         if (cancel) st->cancel();
         else if (!st->done()) st->set_exception(why);
         st->release();
+        item_gone();
     }
     --busy_;
+}
+
+std::size_t thread_pool_core::queued() const noexcept {
+    std::lock_guard lock(mutex_);
+    return pending_count_;
+}
+
+std::size_t thread_pool_core::in_flight() const noexcept {
+    std::lock_guard lock(mutex_);
+    return running_count_;
 }
 
 future<void> thread_pool_core::shutdown(bool cancel_futures) {
@@ -317,7 +453,7 @@ future<void> thread_pool_core::shutdown(bool cancel_futures) {
         fail_queued(true, {});
     }
     auto w = state_ptr<future_state<void>>::adopt(new future_state<void>(loop_));
-    if (queued_count_ == 0 && in_flight_ == 0) {
+    if (outstanding_ == 0) {
         w->set_value();
     } else {
         w->add_ref();
@@ -329,7 +465,7 @@ future<void> thread_pool_core::shutdown(bool cancel_futures) {
 }
 
 void thread_pool_core::settle() noexcept {
-    if (busy_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
+    if (busy_ != 0 || outstanding_ != 0) return;
     if (!shutdown_waiters_.empty()) {
         ++busy_;
         auto waiters = std::move(shutdown_waiters_);
@@ -340,10 +476,18 @@ void thread_pool_core::settle() noexcept {
         }
         --busy_;
     }
-    if (orphaned_ && in_flight_ == 0 && queued_count_ == 0) {
+    // Runners still inside libuv point at this core: it lives until they are back.
+    if (orphaned_ && outstanding_ == 0 && runners_out_ == 0) {
         if (loop_) loop_->detach(*this);
+        close_async();
         delete this;
     }
+}
+
+void thread_pool_core::close_async() noexcept {
+    if (async_ == nullptr) return;
+    close_handle(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    async_ = nullptr;
 }
 
 void thread_pool_core::orphan() noexcept {
@@ -355,12 +499,20 @@ void thread_pool_core::orphan() noexcept {
 }
 
 void thread_pool_core::on_loop_closing() noexcept {
+    closing_ = true;
     fail_queued(true, {});
-    for (pool_item* it = running_; it; it = it->next) uv_cancel(reinterpret_cast<uv_req_t*>(&it->req));
+    // Runners still waiting for a libuv thread are cancelled (after_work_cb
+    // sees UV_ECANCELED); running ones find the queue empty and retire.
+    for (pool_runner* r = runners_; r; r = r->next) uv_cancel(reinterpret_cast<uv_req_t*>(&r->req));
+    if (runners_out_ == 0) close_async();  // else the last runner's after_work_cb closes it
 }
 
 void thread_pool_core::on_loop_closed() noexcept {
     loop_ = nullptr;
+    closing_ = false;
+    // Runners are still out only if the host closed the loop's handles under
+    // us; their work is abandoned (loop_core says so) and the handle left alone.
+    if (runners_out_ == 0) close_async();
     settle();
 }
 

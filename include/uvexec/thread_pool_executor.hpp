@@ -2,20 +2,23 @@
 //
 // Python: concurrent.futures.ThreadPoolExecutor. Work goes to libuv's own
 // pool through uv_queue_work. That pool is shared by the whole process (and by
-// libuv's file-system and DNS requests), so the executor admits at most
-// max_workers of its items into it at once and queues the rest itself; the
-// host's fs/dns requests are never starved by more than that.
+// libuv's file-system and DNS requests), so the executor keeps at most
+// max_workers long-lived "runner" requests in it; each runs the executor's
+// queued calls one after another until the queue is empty. The host's fs/dns
+// requests are never starved by more than max_workers threads.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <uv.h>
 
@@ -61,20 +64,30 @@ struct pool_item_ops {
 
 /// The part of a thread-pool work item that the executor manages. It is a
 /// base of the item, which is also the future's state: one allocation per call.
+/// prev/next link it into the executor's pending queue or its done list, and
+/// `at` says which; both are guarded by the core's mutex.
 struct pool_item {
-    enum class where : std::uint8_t { nowhere, queued, in_libuv };
+    enum class where : std::uint8_t { nowhere, pending, running, done };
 
     future_state_base* shared_state() noexcept { return ops->state(this); }
 
-    uv_work_t req;
     pool_item* prev = nullptr;
     pool_item* next = nullptr;
     thread_pool_core* pool = nullptr;
     const pool_item_ops* ops = nullptr;
-    std::exception_ptr worker_exception;  // written by run()
-    std::uint32_t slot = 0;
+    std::exception_ptr worker_exception;  // written by the runner
     where at = where::nowhere;
-    bool initializer_failed = false;
+    bool initializer_failed = false;      // written by the runner
+};
+
+/// One long-lived request inside libuv that runs an executor's calls one after
+/// another on a pool thread until the pending queue is empty.
+struct pool_runner {
+    uv_work_t req;
+    thread_pool_core* pool = nullptr;
+    pool_runner* prev = nullptr;  // the core's list of runners inside libuv (loop thread)
+    pool_runner* next = nullptr;
+    std::uint32_t slot = 0;
 };
 
 class thread_pool_core final : public loop_client {
@@ -88,44 +101,63 @@ public:
     void submit(pool_item& it) noexcept;
     void cancel(pool_item& it) noexcept;
     future<void> shutdown(bool cancel_futures);
-    /// The executor object is going away: cancel queued work; the core frees
-    /// itself once the work inside libuv has come back.
+    /// The executor object is going away: cancel pending work; the core frees
+    /// itself once its runners have come back from libuv.
     void orphan() noexcept;
 
     std::size_t max_workers() const noexcept { return max_workers_; }
     const std::string& name_prefix() const noexcept { return prefix_; }
-    std::size_t queued() const noexcept { return queued_count_; }
-    std::size_t in_flight() const noexcept { return in_flight_; }
+    std::size_t queued() const noexcept;
+    std::size_t in_flight() const noexcept;
 
     void on_loop_closing() noexcept override;
-    bool busy() const noexcept override { return in_flight_ != 0; }
+    bool busy() const noexcept override { return runners_out_ != 0; }
     void on_loop_closed() noexcept override;
 
 private:
     static void work_cb(uv_work_t* req) noexcept;
     static void after_work_cb(uv_work_t* req, int status) noexcept;
-    void finish(pool_item& it, int status) noexcept;
-    void admit() noexcept;
-    void start(pool_item& it) noexcept;
+    static void on_done(uv_async_t* h) noexcept;
+    void start_runner(std::uint32_t slot) noexcept;
+    pool_item* take_locked(pool_runner& r) noexcept;
+    void drain_done() noexcept;
+    void finish(pool_item& it) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
+    void item_gone() noexcept;  // outstanding_ - 1, unreferencing the async handle at 0
+    void close_async() noexcept;
     void settle() noexcept;  // completes shutdown waiters, frees an orphan
     ~thread_pool_core();
 
+    // Immutable after construction (read by runners without the lock).
     std::size_t max_workers_;
     std::string prefix_;
     std::function<void()> initializer_;
     std::uint64_t id_;
     std::vector<std::string> slot_names_;
+
+    // Guarded by mutex_: shared between the loop thread and the runners.
+    mutable std::mutex mutex_;
+    pool_item* pending_head_ = nullptr;  // FIFO of calls not yet taken by a runner
+    pool_item* pending_tail_ = nullptr;
+    pool_item* done_head_ = nullptr;     // FIFO of finished calls not yet completed on the loop
+    pool_item* done_tail_ = nullptr;
+    std::size_t pending_count_ = 0;
+    std::size_t running_count_ = 0;
+    std::size_t active_runners_ = 0;     // runners that may still take calls (<= max_workers_)
+    bool stopped_ = false;               // the initializer failed: runners take no more calls
     std::vector<std::uint32_t> free_slots_;  // ring buffer of free slot numbers
     std::size_t free_head_ = 0, free_count_ = 0;
 
+    // Loop thread only.
     loop_core* loop_ = nullptr;
-    pool_item* queue_head_ = nullptr;  // admission FIFO
-    pool_item* queue_tail_ = nullptr;
-    pool_item* running_ = nullptr;     // items inside libuv
-    std::size_t queued_count_ = 0;
-    std::size_t in_flight_ = 0;
-    std::size_t busy_ = 0;             // finish() frames on the stack
+    uv_async_t* async_ = nullptr;        // wakes the loop when calls are done; heap, freed by its close callback
+    pool_runner* runners_ = nullptr;     // runners inside libuv
+    std::vector<pool_runner*> spare_runners_;  // capacity >= total_runners_
+    std::size_t total_runners_ = 0;      // runners allocated (inside libuv or spare)
+    std::size_t runners_out_ = 0;        // length of runners_
+    std::size_t outstanding_ = 0;        // calls accepted and not yet completed (pending, running or done)
+    std::size_t busy_ = 0;               // completion frames on the stack
+    bool closing_ = false;               // the loop is closing
     bool shut_down_ = false;
     bool broken_ = false;
     bool orphaned_ = false;
@@ -140,7 +172,6 @@ public:
         pool_item& it = item();
         it.pool = pool;
         it.ops = &ops_;
-        it.req.data = &it;
     }
 
     pool_item& item() noexcept { return *this; }
@@ -187,8 +218,8 @@ class thread_pool_executor {
 public:
     /// Throws std::invalid_argument for max_workers below 1 or over 1024.
     explicit thread_pool_executor(thread_pool_options opts = {});
-    /// Work not yet admitted to libuv is cancelled (its futures complete with
-    /// cancelled_error); work inside libuv finishes and completes its futures.
+    /// Work not yet running is cancelled (its futures complete with
+    /// cancelled_error); running work finishes and completes its futures.
     /// To let everything finish first: co_await ex.shutdown().
     ~thread_pool_executor();
     thread_pool_executor(const thread_pool_executor&) = delete;
@@ -222,9 +253,9 @@ public:
 
     std::size_t max_workers() const noexcept { return core_->max_workers(); }
     const std::string& name_prefix() const noexcept { return core_->name_prefix(); }
-    /// Calls accepted but not yet handed to libuv.
+    /// Calls accepted and waiting for a runner (not yet started).
     std::size_t queued() const noexcept { return core_->queued(); }
-    /// Calls inside libuv (queued there or running); never above max_workers().
+    /// Calls running on pool threads now; never above max_workers().
     std::size_t in_flight() const noexcept { return core_->in_flight(); }
 
     /// Python's default: min(32, CPUs + 4).
