@@ -658,12 +658,7 @@ void process_pool_core::settle() noexcept {
     if (live_workers_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
     if (!shutdown_waiters_.empty()) {
         ++busy_;
-        auto waiters = std::move(shutdown_waiters_);
-        shutdown_waiters_.clear();
-        for (auto* w : waiters) {
-            if (!w->done()) w->set_value();
-            w->release();
-        }
+        complete_and_release(shutdown_waiters_);
         --busy_;
     }
     if (orphaned_ && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0) {

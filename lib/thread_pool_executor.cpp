@@ -468,12 +468,7 @@ void thread_pool_core::settle() noexcept {
     if (busy_ != 0 || outstanding_ != 0) return;
     if (!shutdown_waiters_.empty()) {
         ++busy_;
-        auto waiters = std::move(shutdown_waiters_);
-        shutdown_waiters_.clear();
-        for (auto* w : waiters) {
-            if (!w->done()) w->set_value();
-            w->release();
-        }
+        complete_and_release(shutdown_waiters_);
         --busy_;
     }
     // Runners still inside libuv point at this core: it lives until they are back.

@@ -14,6 +14,7 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "uvexec/error.hpp"
 
@@ -219,6 +220,19 @@ public:
     }
     void value() { rethrow_if_not_value(); }
 };
+
+/// Completes every state in waiters (a no-op for one already done, e.g.
+/// cancelled) and drops the reference held on it. The list is emptied first,
+/// so a completion that resumes code adding new waiters is safe. Executors
+/// use it for their shutdown() futures.
+inline void complete_and_release(std::vector<future_state<void>*>& waiters) noexcept {
+    auto batch = std::move(waiters);
+    waiters.clear();
+    for (auto* w : batch) {
+        w->publish_value();
+        w->release();
+    }
+}
 
 /// An owning pointer to a future state (intrusive reference count).
 template <class S>
