@@ -1,32 +1,41 @@
 // uvexec — thread_pool_executor: runners over uv_queue_work.
 //
-// At most max_workers "runner" requests of an executor are inside libuv at
-// once. A runner's work_cb takes calls from the pending queue one after
-// another, runs them, and appends each to the done list, until the queue is
-// empty; then it retires. One uv_async_t per executor wakes the loop, which
-// completes the done list whole (on_done); a retiring runner's after_work_cb
-// also takes it, so a single call costs no extra wakeup.
+// An executor has max_workers "runners", one per slot, each a uv_work_t that
+// is inside libuv or idle. A runner's work_cb takes calls from the pending
+// queue one after another, runs them, and appends each to the done list,
+// until the queue is empty; then it retires and its after_work_cb makes it
+// idle again. One uv_async_t per executor wakes the loop, which completes the
+// done list whole (on_done); a retiring runner's after_work_cb also takes it,
+// so a single call costs no extra wakeup. Submissions beyond the first
+// max_workers of a loop iteration are staged on the loop thread and handed to
+// the runners in batches (see submit()).
 //
 // Invariants:
-//  - mutex_ guards the pending queue, the done list, every item's `at`,
-//    pending_count_, running_count_, active_runners_, stopped_ and the free
-//    slots. A runner decides to retire (take_locked) under the same lock as
-//    submit() decides whether to start one, so there are always at least
-//    pending_count_ active runners not running a call (they will take one), or
-//    all max_workers_ runners are active: no pending call is left without a runner
-//    (unless stopped_: the initializer failed, and the loop thread fails the
-//    pending calls when that call comes back);
-//  - active_runners_ <= max_workers_, and each active runner holds one slot,
-//    so running_count_ <= max_workers_; a retired runner's request may still
-//    be inside libuv (runners_out_ counts those too, on the loop thread);
-//  - an item is pending, running, done (finished, awaiting the loop) or
-//    nowhere; the executor holds one reference to its state from submit() until
-//    the loop thread completes, cancels or fails it (outstanding_ counts them);
+//  - mutex_ guards the pending queue, the done list, the `at` of every item
+//    that is not staged, pending_count_, running_count_, active_runners_ and
+//    stopped_. A runner decides to retire (take_locked) under the same lock as
+//    the loop thread decides whether to start runners (claim_runners_locked),
+//    so there are always at least pending_count_ active runners not running a
+//    call (they will take one), or no runner is idle; a runner still on its
+//    way back starts again from its after_work_cb. No pending call is left
+//    without a runner (unless stopped_: the initializer failed, and the loop
+//    thread fails the pending calls when that call comes back);
+//  - a runner is started only when idle (its request is back from libuv), so
+//    at most max_workers_ requests of the executor are inside libuv and
+//    running_count_ <= active_runners_ <= max_workers_; runners_out_ counts
+//    the requests inside libuv, active or retiring, on the loop thread;
+//  - an item is staged (loop thread only), pending, running, done (finished,
+//    awaiting the loop) or nowhere; the executor holds one reference to its
+//    state from submit() until the loop thread completes, cancels or fails it
+//    (outstanding_ counts them);
+//  - nothing stays staged past the loop's next prepare phase: the flush handle
+//    is armed whenever direct_left_ is 0, which it must be for anything to be
+//    staged;
 //  - async_ is referenced exactly while outstanding_ > 0, so an idle executor
 //    does not keep a host's uv_run alive and a busy one keeps run_until going;
 //  - async_ stays open while any runner is inside libuv (runners send on it
-//    without the lock); it is closed when the core is freed or, when the loop
-//    closes, once the last runner is back;
+//    without the lock); it and the flush handle are closed when the core is
+//    freed or, when the loop closes, once the last runner is back;
 //  - the core outlives its executor object while calls are outstanding or
 //    runners are inside libuv (orphaned_), and frees itself in settle().
 #include "uvexec/thread_pool_executor.hpp"
@@ -165,21 +174,26 @@ thread_pool_core::thread_pool_core(thread_pool_options opts)
     : max_workers_(checked_max_workers(opts.max_workers)),
       prefix_(std::move(opts.name_prefix)),
       initializer_(std::move(opts.initializer)),
-      id_(executor_counter.fetch_add(1)) {
+      id_(executor_counter.fetch_add(1)),
+      runners_(std::make_unique<pool_runner[]>(max_workers_)),
+      direct_left_(max_workers_) {
     if (prefix_.empty()) prefix_ = fmt::format("ThreadPoolExecutor-{}", id_);
     slot_names_.reserve(max_workers_);
-    free_slots_.resize(max_workers_);
-    for (std::uint32_t i = 0; i < max_workers_; ++i) {
-        slot_names_.push_back(fmt::format("{}_{}", prefix_, i));
-        free_slots_[i] = i;
+    for (std::uint32_t i = 0; i < max_workers_; ++i) slot_names_.push_back(fmt::format("{}_{}", prefix_, i));
+    // Slot 0 on top: the idle list is a stack, so a lone caller keeps reusing
+    // the runner (and, likely, the libuv thread) that just ran its last call.
+    for (auto i = static_cast<std::uint32_t>(max_workers_); i-- > 0;) {
+        pool_runner& r = runners_[i];
+        r.pool = this;
+        r.slot = i;
+        r.req.data = &r;
+        r.next_idle = idle_;
+        idle_ = &r;
     }
-    free_count_ = max_workers_;
     reserve_pool_threads(max_workers_);
 }
 
-thread_pool_core::~thread_pool_core() {
-    for (auto* r : spare_runners_) delete r;
-}
+thread_pool_core::~thread_pool_core() = default;
 
 void thread_pool_core::accept(loop_core& lp) {
     if (broken_)
@@ -189,89 +203,155 @@ void thread_pool_core::accept(loop_core& lp) {
         throw executor_shutdown_error(
             fmt::format("uvexec: cannot submit to thread_pool_executor '{}' after shutdown()", prefix_));
     if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
-    if (loop_ == nullptr) {
-        auto* a = new uv_async_t;
-        if (int r = uv_async_init(lp.uv(), a, &thread_pool_core::on_done); r != 0) {
-            delete a;
-            throw uv_error(r, "uv_async_init");
-        }
-        a->data = this;
-        // Referenced only while calls are outstanding (see submit/item_gone):
-        // an idle executor must not keep a host's uv_run alive.
-        uv_unref(reinterpret_cast<uv_handle_t*>(a));
-        async_ = a;
-        loop_ = &lp;
-        lp.attach(*this);
-    } else if (loop_ != &lp) {
+    if (loop_ == &lp) return;
+    if (loop_ != nullptr)
         throw invalid_state_error(fmt::format(
             "uvexec: thread_pool_executor '{}' is bound to another loop; use one executor per loop", prefix_));
+    auto* a = new uv_async_t;
+    if (int r = uv_async_init(lp.uv(), a, &thread_pool_core::on_done); r != 0) {
+        delete a;
+        throw uv_error(r, "uv_async_init");
     }
-    // submit() is noexcept: have a runner ready in case it must start one.
-    if (spare_runners_.empty()) {
-        auto r = std::make_unique<pool_runner>();
-        spare_runners_.reserve(total_runners_ + 1);  // so after_work_cb's push_back never allocates
-        spare_runners_.push_back(r.release());
-        ++total_runners_;
+    auto* p = new uv_prepare_t;
+    if (int r = uv_prepare_init(lp.uv(), p); r != 0) {  // never fails in libuv 1.x; checked all the same
+        delete p;
+        close_handle(reinterpret_cast<uv_handle_t*>(a), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+        throw uv_error(r, "uv_prepare_init");
     }
+    a->data = this;
+    p->data = this;
+    // The async handle is referenced only while calls are outstanding (see
+    // submit/item_gone): an idle executor must not keep a host's uv_run
+    // alive. The prepare handle never keeps it alive on its own.
+    uv_unref(reinterpret_cast<uv_handle_t*>(a));
+    uv_unref(reinterpret_cast<uv_handle_t*>(p));
+    async_ = a;
+    flush_ = p;
+    flush_armed_ = false;
+    direct_left_ = max_workers_;
+    loop_ = &lp;
+    lp.attach(*this);
 }
 
+// Submission. The first max_workers submissions of a loop iteration go
+// straight to the pending queue, starting runners at once: a lone call (a
+// round trip) or a first handful starts without delay, even before the loop
+// runs. Later ones in the same iteration wait in the staged queue, which only
+// the loop thread touches, and move to the pending queue in batches of
+// stage_batch, or all at once just before the loop polls (the prepare phase).
+// So a burst of a million submissions takes the mutex once per batch instead
+// of once per call against runners taking calls, and runners that empty the
+// queue faster than the loop fills it are not restarted (a uv_queue_work and a
+// thread wakeup) per call.
 void thread_pool_core::submit(pool_item& it) noexcept {
     it.pool = this;
-    bool start = false;
-    std::uint32_t slot = 0;
-    {
-        std::lock_guard lock(mutex_);
+    it.next = nullptr;
+    if (outstanding_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
+    if (direct_left_ > 0) {  // then nothing is staged: flush() refills it after emptying the staged queue
+        if (--direct_left_ == 0) arm_flush();
+        it.prev = nullptr;
         it.at = pool_item::where::pending;
-        it.prev = pending_tail_;
-        it.next = nullptr;
-        if (pending_tail_) pending_tail_->next = &it; else pending_head_ = &it;
-        pending_tail_ = &it;
-        ++pending_count_;
-        // Decided under the same lock as a runner's decision to retire, so a
-        // call is never left pending with no runner to take it. A runner is
-        // started only if the active runners not running a call (about to
-        // take one) are fewer than the pending calls: no needless restarts.
-        if (active_runners_ < max_workers_ && !stopped_ && pending_count_ > active_runners_ - running_count_) {
-            ++active_runners_;
-            slot = free_slots_[free_head_];
-            free_head_ = (free_head_ + 1) % max_workers_;
-            --free_count_;
-            start = true;
-        }
+        enqueue(&it, &it, 1);
+        return;
     }
-    if (outstanding_++ == 0 && async_) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
-    if (start) start_runner(slot);
+    it.at = pool_item::where::staged;
+    it.prev = staged_tail_;
+    if (staged_tail_) staged_tail_->next = &it; else staged_head_ = &it;
+    staged_tail_ = &it;
+    // A full batch goes to the runners at once: a long burst keeps them busy
+    // (and makes progress even if the loop thread does not return to libuv
+    // for a while) at one lock per batch.
+    if (++staged_count_ == stage_batch) publish_staged();
 }
 
-void thread_pool_core::start_runner(std::uint32_t slot) noexcept {
-    // accept() left at least one spare runner, and runners only return to the
-    // spare list on the loop thread, so one is there.
-    pool_runner* r = spare_runners_.back();
-    spare_runners_.pop_back();
-    r->pool = this;
-    r->slot = slot;
-    r->req.data = r;
-    r->prev = nullptr;
-    r->next = runners_;
-    if (runners_) runners_->prev = r;
-    runners_ = r;
-    ++runners_out_;
-    note_pool_started();
-    if (int rc = uv_queue_work(loop_->uv(), &r->req, &thread_pool_core::work_cb, &thread_pool_core::after_work_cb);
-        rc != 0) {
-        // Only a programming error gets here (libuv validates nothing else).
-        std::fprintf(stderr, "uvexec: uv_queue_work failed: %s\n", uv_strerror(rc));
-        std::abort();
+void thread_pool_core::arm_flush() noexcept {
+    if (flush_armed_ || flush_ == nullptr) return;
+    uv_prepare_start(flush_, &thread_pool_core::on_flush);
+    flush_armed_ = true;
+}
+
+void thread_pool_core::on_flush(uv_prepare_t* h) noexcept { static_cast<thread_pool_core*>(h->data)->flush(); }
+
+void thread_pool_core::flush() noexcept {
+    if (flush_armed_) {
+        uv_prepare_stop(flush_);
+        flush_armed_ = false;
     }
+    direct_left_ = max_workers_;
+    publish_staged();
+}
+
+void thread_pool_core::publish_staged() noexcept {
+    if (staged_head_ == nullptr) return;
+    pool_item* head = std::exchange(staged_head_, nullptr);
+    pool_item* tail = std::exchange(staged_tail_, nullptr);
+    // Written before the lock publishes them to the runners.
+    for (pool_item* it = head; it; it = it->next) it->at = pool_item::where::pending;
+    enqueue(head, tail, std::exchange(staged_count_, 0));
+}
+
+void thread_pool_core::enqueue(pool_item* head, pool_item* tail, std::size_t n) noexcept {
+    pool_runner* chain;
+    {
+        std::lock_guard lock(mutex_);
+        head->prev = pending_tail_;
+        if (pending_tail_) pending_tail_->next = head; else pending_head_ = head;
+        pending_tail_ = tail;
+        pending_count_ += n;
+        chain = claim_runners_locked();
+    }
+    start_runners(chain);
+}
+
+// Under mutex_, loop thread: the idle runners to start so that every pending
+// call has an active runner not running a call (it will take one), as far as
+// there are idle runners. The decision is made under the same lock as a
+// runner's decision to retire (take_locked), so a call is never left pending
+// without a runner that will take it, unless every runner is busy or still on
+// its way back from libuv; after_work_cb then starts one again.
+pool_runner* thread_pool_core::claim_runners_locked() noexcept {
+    pool_runner* chain = nullptr;
+    // An idle runner is not active, so active_runners_ < max_workers_ here.
+    while (idle_ != nullptr && !stopped_ && pending_count_ > active_runners_ - running_count_) {
+        pool_runner* r = idle_;
+        idle_ = r->next_idle;
+        r->next_idle = chain;
+        chain = r;
+        ++active_runners_;
+    }
+    return chain;
+}
+
+void thread_pool_core::start_runners(pool_runner* chain) noexcept {
+    while (pool_runner* r = chain) {
+        chain = r->next_idle;
+        r->next_idle = nullptr;
+        r->in_libuv = true;
+        ++runners_out_;
+        note_pool_started();
+        if (int rc = uv_queue_work(loop_->uv(), &r->req, &thread_pool_core::work_cb, &thread_pool_core::after_work_cb);
+            rc != 0) {
+            // Only a programming error gets here (libuv validates nothing else).
+            std::fprintf(stderr, "uvexec: uv_queue_work failed: %s\n", uv_strerror(rc));
+            std::abort();
+        }
+    }
+}
+
+void thread_pool_core::restart_runners() noexcept {
+    pool_runner* chain;
+    {
+        std::lock_guard lock(mutex_);
+        chain = claim_runners_locked();
+    }
+    start_runners(chain);
 }
 
 // Under mutex_: the runner's next call, or null after retiring the runner.
-pool_item* thread_pool_core::take_locked(pool_runner& r) noexcept {
+pool_item* thread_pool_core::take_locked() noexcept {
     pool_item* it = pending_head_;
     if (it == nullptr || stopped_) {
         --active_runners_;
-        free_slots_[(free_head_ + free_count_) % max_workers_] = r.slot;
-        ++free_count_;
         return nullptr;
     }
     pending_head_ = it->next;
@@ -292,7 +372,7 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
     pool_item* it;
     {
         std::lock_guard lock(pool.mutex_);
-        it = pool.take_locked(r);
+        it = pool.take_locked();
     }
     while (it != nullptr) {
         if (!initialized) {
@@ -318,11 +398,11 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             it->next = nullptr;
             if (pool.done_tail_) pool.done_tail_->next = it; else pool.done_head_ = it;
             pool.done_tail_ = it;
-            it = pool.take_locked(r);
+            it = pool.take_locked();
             // A retiring runner's after_work_cb takes the done list anyway.
             if (it == nullptr) wake = false;
         }
-        // The handle stays open while any runner is inside libuv (close_async).
+        // The handle stays open while any runner is inside libuv (close_handles).
         if (wake) uv_async_send(pool.async_);
     }
     current_slot_name = nullptr;
@@ -336,16 +416,16 @@ void thread_pool_core::after_work_cb(uv_work_t* req, int status) noexcept {
         // after the pending queue was emptied): retire it here.
         std::lock_guard lock(pool.mutex_);
         --pool.active_runners_;
-        pool.free_slots_[(pool.free_head_ + pool.free_count_) % pool.max_workers_] = r.slot;
-        ++pool.free_count_;
     }
-    if (r.prev) r.prev->next = r.next; else pool.runners_ = r.next;
-    if (r.next) r.next->prev = r.prev;
-    r.prev = r.next = nullptr;
+    r.in_libuv = false;
+    r.next_idle = pool.idle_;
+    pool.idle_ = &r;
     --pool.runners_out_;
-    pool.spare_runners_.push_back(&r);  // capacity reserved when r was allocated
     pool.drain_done();
-    if (pool.closing_ && pool.runners_out_ == 0) pool.close_async();
+    // Calls that came while every runner was busy or on its way back found no
+    // idle runner to start: this one may take them now.
+    if (!pool.closing_) pool.restart_runners();
+    if (pool.closing_ && pool.runners_out_ == 0) pool.close_handles();
     pool.settle();  // may free the core
 }
 
@@ -400,15 +480,24 @@ void thread_pool_core::item_gone() noexcept {
 
 void thread_pool_core::cancel(pool_item& it) noexcept {
     {
+        // The lock also covers a staged item (loop thread only) because `at`
+        // of an item that has left the staged queue is written by runners.
         std::lock_guard lock(mutex_);
         // A running call cannot be stopped: its future is already cancelled
         // and publish() drops the result when it comes back.
-        if (it.at != pool_item::where::pending) return;
-        if (it.prev) it.prev->next = it.next; else pending_head_ = it.next;
-        if (it.next) it.next->prev = it.prev; else pending_tail_ = it.prev;
+        if (it.at == pool_item::where::staged) {
+            if (it.prev) it.prev->next = it.next; else staged_head_ = it.next;
+            if (it.next) it.next->prev = it.prev; else staged_tail_ = it.prev;
+            --staged_count_;
+        } else if (it.at == pool_item::where::pending) {
+            if (it.prev) it.prev->next = it.next; else pending_head_ = it.next;
+            if (it.next) it.next->prev = it.prev; else pending_tail_ = it.prev;
+            --pending_count_;
+        } else {
+            return;
+        }
         it.prev = it.next = nullptr;
         it.at = pool_item::where::nowhere;
-        --pending_count_;
     }
     it.shared_state()->release();  // the canceller holds its own reference
     item_gone();
@@ -419,6 +508,13 @@ void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) n
     pool_item* list;
     {
         std::lock_guard lock(mutex_);
+        // Staged calls come after the pending ones: fail them in submission order.
+        if (staged_head_) {
+            staged_head_->prev = pending_tail_;
+            if (pending_tail_) pending_tail_->next = staged_head_; else pending_head_ = staged_head_;
+            staged_head_ = staged_tail_ = nullptr;
+            staged_count_ = 0;
+        }
         list = pending_head_;
         pending_head_ = pending_tail_ = nullptr;
         pending_count_ = 0;
@@ -439,7 +535,7 @@ void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) n
 
 std::size_t thread_pool_core::queued() const noexcept {
     std::lock_guard lock(mutex_);
-    return pending_count_;
+    return pending_count_ + staged_count_;
 }
 
 std::size_t thread_pool_core::in_flight() const noexcept {
@@ -474,15 +570,23 @@ void thread_pool_core::settle() noexcept {
     // Runners still inside libuv point at this core: it lives until they are back.
     if (orphaned_ && outstanding_ == 0 && runners_out_ == 0) {
         if (loop_) loop_->detach(*this);
-        close_async();
+        close_handles();
         delete this;
     }
 }
 
-void thread_pool_core::close_async() noexcept {
-    if (async_ == nullptr) return;
-    close_handle(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-    async_ = nullptr;
+void thread_pool_core::close_handles() noexcept {
+    if (flush_ != nullptr) {
+        close_handle(reinterpret_cast<uv_handle_t*>(flush_),
+                     [](uv_handle_t* h) { delete reinterpret_cast<uv_prepare_t*>(h); });
+        flush_ = nullptr;
+        flush_armed_ = false;
+    }
+    if (async_ != nullptr) {
+        close_handle(reinterpret_cast<uv_handle_t*>(async_),
+                     [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+        async_ = nullptr;
+    }
 }
 
 void thread_pool_core::orphan() noexcept {
@@ -498,16 +602,17 @@ void thread_pool_core::on_loop_closing() noexcept {
     fail_queued(true, {});
     // Runners still waiting for a libuv thread are cancelled (after_work_cb
     // sees UV_ECANCELED); running ones find the queue empty and retire.
-    for (pool_runner* r = runners_; r; r = r->next) uv_cancel(reinterpret_cast<uv_req_t*>(&r->req));
-    if (runners_out_ == 0) close_async();  // else the last runner's after_work_cb closes it
+    for (std::size_t i = 0; i < max_workers_; ++i)
+        if (runners_[i].in_libuv) uv_cancel(reinterpret_cast<uv_req_t*>(&runners_[i].req));
+    if (runners_out_ == 0) close_handles();  // else the last runner's after_work_cb closes them
 }
 
 void thread_pool_core::on_loop_closed() noexcept {
     loop_ = nullptr;
     closing_ = false;
     // Runners are still out only if the host closed the loop's handles under
-    // us; their work is abandoned (loop_core says so) and the handle left alone.
-    if (runners_out_ == 0) close_async();
+    // us; their work is abandoned (loop_core says so) and the handles left alone.
+    if (runners_out_ == 0) close_handles();
     settle();
 }
 

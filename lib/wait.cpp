@@ -7,7 +7,12 @@ namespace uvexec::detail {
 
 wait_core::wait_core(std::vector<future_state_base*> states, until condition,
                      std::optional<std::chrono::nanoseconds> timeout)
-    : states_(std::move(states)), condition_(condition), timeout_(timeout) {}
+    : states_(std::move(states)), condition_(condition), timeout_(timeout) {
+    // Every future lands in order_ at most once: one allocation instead of a
+    // doubling vector (a million-future gather otherwise copies and frees
+    // megabytes while completions arrive).
+    order_.reserve(states_.size());
+}
 
 wait_core::~wait_core() = default;  // nodes unlink themselves; the timer closes itself
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -64,10 +65,11 @@ struct pool_item_ops {
 
 /// The part of a thread-pool work item that the executor manages. It is a
 /// base of the item, which is also the future's state: one allocation per call.
-/// prev/next link it into the executor's pending queue or its done list, and
-/// `at` says which; both are guarded by the core's mutex.
+/// prev/next link it into the executor's staged queue (loop thread only), its
+/// pending queue or its done list, and `at` says which; once an item has left
+/// the staged queue, its links and `at` are guarded by the core's mutex.
 struct pool_item {
-    enum class where : std::uint8_t { nowhere, pending, running, done };
+    enum class where : std::uint8_t { nowhere, staged, pending, running, done };
 
     future_state_base* shared_state() noexcept { return ops->state(this); }
 
@@ -80,14 +82,17 @@ struct pool_item {
     bool initializer_failed = false;      // written by the runner
 };
 
-/// One long-lived request inside libuv that runs an executor's calls one after
-/// another on a pool thread until the pending queue is empty.
+/// A long-lived request inside libuv that runs an executor's calls one after
+/// another on a pool thread until the pending queue is empty. There is one per
+/// slot (0 … max_workers-1); a runner is started again only once its previous
+/// request is back from libuv, so an executor never has more than max_workers
+/// requests inside libuv and never allocates one.
 struct pool_runner {
     uv_work_t req;
     thread_pool_core* pool = nullptr;
-    pool_runner* prev = nullptr;  // the core's list of runners inside libuv (loop thread)
-    pool_runner* next = nullptr;
+    pool_runner* next_idle = nullptr;  // the core's list of runners outside libuv (loop thread)
     std::uint32_t slot = 0;
+    bool in_libuv = false;             // loop thread
 };
 
 class thread_pool_core final : public loop_client {
@@ -115,16 +120,26 @@ public:
     void on_loop_closed() noexcept override;
 
 private:
+    /// Staged calls are handed to the runners in batches of this many (see submit).
+    static constexpr std::size_t stage_batch = 128;
+
     static void work_cb(uv_work_t* req) noexcept;
     static void after_work_cb(uv_work_t* req, int status) noexcept;
     static void on_done(uv_async_t* h) noexcept;
-    void start_runner(std::uint32_t slot) noexcept;
-    pool_item* take_locked(pool_runner& r) noexcept;
+    static void on_flush(uv_prepare_t* h) noexcept;
+    void arm_flush() noexcept;
+    void flush() noexcept;
+    void publish_staged() noexcept;
+    void enqueue(pool_item* head, pool_item* tail, std::size_t n) noexcept;
+    pool_runner* claim_runners_locked() noexcept;
+    void start_runners(pool_runner* chain) noexcept;
+    void restart_runners() noexcept;
+    pool_item* take_locked() noexcept;
     void drain_done() noexcept;
     void finish(pool_item& it) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
     void item_gone() noexcept;  // outstanding_ - 1, unreferencing the async handle at 0
-    void close_async() noexcept;
+    void close_handles() noexcept;
     void settle() noexcept;  // completes shutdown waiters, frees an orphan
     ~thread_pool_core();
 
@@ -134,6 +149,7 @@ private:
     std::function<void()> initializer_;
     std::uint64_t id_;
     std::vector<std::string> slot_names_;
+    std::unique_ptr<pool_runner[]> runners_;  // one per slot
 
     // Guarded by mutex_: shared between the loop thread and the runners.
     mutable std::mutex mutex_;
@@ -145,17 +161,19 @@ private:
     std::size_t running_count_ = 0;
     std::size_t active_runners_ = 0;     // runners that may still take calls (<= max_workers_)
     bool stopped_ = false;               // the initializer failed: runners take no more calls
-    std::vector<std::uint32_t> free_slots_;  // ring buffer of free slot numbers
-    std::size_t free_head_ = 0, free_count_ = 0;
 
     // Loop thread only.
     loop_core* loop_ = nullptr;
     uv_async_t* async_ = nullptr;        // wakes the loop when calls are done; heap, freed by its close callback
-    pool_runner* runners_ = nullptr;     // runners inside libuv
-    std::vector<pool_runner*> spare_runners_;  // capacity >= total_runners_
-    std::size_t total_runners_ = 0;      // runners allocated (inside libuv or spare)
-    std::size_t runners_out_ = 0;        // length of runners_
-    std::size_t outstanding_ = 0;        // calls accepted and not yet completed (pending, running or done)
+    uv_prepare_t* flush_ = nullptr;      // moves staged calls to the pending queue before the loop polls; heap
+    pool_item* staged_head_ = nullptr;   // FIFO of calls submitted in this loop iteration, not yet pending
+    pool_item* staged_tail_ = nullptr;
+    std::size_t staged_count_ = 0;
+    std::size_t direct_left_;            // submissions this iteration that may still go straight to pending
+    bool flush_armed_ = false;
+    pool_runner* idle_ = nullptr;        // runners outside libuv
+    std::size_t runners_out_ = 0;        // runners inside libuv (active or retiring)
+    std::size_t outstanding_ = 0;        // calls accepted and not yet completed (staged, pending, running or done)
     std::size_t busy_ = 0;               // completion frames on the stack
     bool closing_ = false;               // the loop is closing
     bool shut_down_ = false;
