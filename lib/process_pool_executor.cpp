@@ -269,6 +269,7 @@ void process_frames(worker_process& w) noexcept {
                 break;
             }
             w.said_hello = true;
+            pool.failed_starts_ = 0;
             if (w.st == worker_process::state::starting) {
                 w.st = worker_process::state::ready;
                 uv_timer_stop(&w.timer);
@@ -291,6 +292,11 @@ void process_frames(worker_process& w) noexcept {
             s->release();
             pool.on_call_done(w);
         } else if (f.kind == frame_kind::init_failed) {
+            if (!pool.opts_.initializer) {
+                // Only a worker that was asked to run an initializer can fail one.
+                protocol_violation(w, "an initializer failure, but the pool has no initializer");
+                break;
+            }
             std::string type;
             std::string what = remote_text(f.payload, type);
             pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", w.pid, type, what));
@@ -311,14 +317,25 @@ void finalize_exit(worker_process& w) noexcept {
     close_handle(w, reinterpret_cast<uv_handle_t*>(&w.proc));
     std::string how = exit_description(w);
 
-    if (!w.said_hello && w.st != worker_process::state::retiring) {
-        // It never served: another start would fail the same way.
-        pool.break_pool(fmt::format("a worker process ({}) failed to start: {}", w.pid, how));
+    // A worker that never said hello never read a call: none of its calls
+    // started, so all of them go back to the queue.
+    const bool started = w.said_hello;
+    if (!started && w.st != worker_process::state::retiring && !pool.broken_ && !pool.closing_) {
+        // It died on its own (or missed its start-up deadline). That may be
+        // passing (an OOM kill, a stray signal), so a replacement is tried; a
+        // worker that forgot worker_main, or max_failed_starts in a row, will
+        // fail the same way every time: the pool is broken.
+        const bool forgot_worker_main = w.term_signal == 0 && w.exit_status == unserved_worker_status;
+        if (forgot_worker_main || ++pool.failed_starts_ >= process_pool_core::max_failed_starts)
+            pool.break_pool(forgot_worker_main
+                                ? fmt::format("a worker process ({}) failed to start: {}", w.pid, how)
+                                : fmt::format("{} worker processes in a row failed to start; the last ({}): {}",
+                                              pool.failed_starts_, w.pid, how));
     }
     // The head was running; the calls behind it were never started: they go
     // back to the front of the queue in their order.
     if (w.head != nullptr) {
-        process_call* running = pop_head(w);
+        process_call* running = started ? pop_head(w) : nullptr;
         while (w.tail != nullptr) {
             process_call* c = w.tail;
             w.tail = c->prev;
@@ -327,14 +344,22 @@ void finalize_exit(worker_process& w) noexcept {
             c->worker = nullptr;
             --w.in_flight;
             --pool.in_flight_;
-            pool.requeue_front(*c);
+            if (c->state->done()) {
+                c->at = process_call::where::nowhere;
+                c->state->release();  // cancelled while it waited in the worker: it never runs
+            } else {
+                pool.requeue_front(*c);
+            }
         }
-        future_state_base* s = running->state;
-        if (!s->done())
-            s->set_exception(std::make_exception_ptr(worker_died(
-                fmt::format("uvexec: worker process {} ({}) died while running this call: {}", w.pid, w.name, how),
-                w.pid, static_cast<int>(w.exit_status), w.term_signal)));
-        s->release();
+        if (running != nullptr) {
+            future_state_base* s = running->state;
+            if (!s->done())
+                s->set_exception(std::make_exception_ptr(worker_died(
+                    fmt::format("uvexec: worker process {} ({}) died while running this call: {}", w.pid, w.name,
+                                how),
+                    w.pid, static_cast<int>(w.exit_status), w.term_signal)));
+            s->release();
+        }
     }
     --pool.busy_;
     pool.on_worker_gone(w);
@@ -677,6 +702,7 @@ void process_pool_core::orphan() noexcept {
 void process_pool_core::on_loop_closing() noexcept {
     // Nobody can receive answers any more: queued calls are cancelled, sent
     // ones too, and the workers are killed (and reaped while the loop drains).
+    closing_ = true;
     ++busy_;
     fail_queued(true, {});
     for (auto* w : slots_) {
@@ -693,6 +719,7 @@ void process_pool_core::on_loop_closing() noexcept {
 
 void process_pool_core::on_loop_closed() noexcept {
     loop_ = nullptr;
+    closing_ = false;
     settle();
 }
 

@@ -412,6 +412,38 @@ TEST_CASE("a worker that never starts serving is killed after startup_timeout") 
     lp.run_until_complete(ex.shutdown());
 }
 
+TEST_CASE("a worker that dies before its hello is replaced, and its calls run on the replacement") {
+    // The launcher kills the first worker it starts (SIGKILL, as an OOM kill
+    // would) and lets the next one through.
+    const std::string flag = "/tmp/uvexec-test-died-once-" + std::to_string(::getpid());
+    std::remove(flag.c_str());
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1,
+                              .launcher = {"sh", "-c", "if [ ! -e \"$0\" ]; then : > \"$0\"; kill -9 $$; fi; exec \"$@\"",
+                                           flag}}};
+    std::vector<future<int>> fs;
+    for (int i = 0; i < 3; ++i) fs.push_back(lp.run_in_executor(ex, fn<&remote::square>, i + 2));
+    // None of them had started: they are not worker_died, they simply run.
+    CHECK(lp.run_until_complete(uvexec::gather(std::move(fs))) == std::vector<int>{4, 9, 16});
+    CHECK(std::ifstream(flag).good());
+    lp.run_until_complete(ex.shutdown());
+    std::remove(flag.c_str());
+}
+
+TEST_CASE("workers that keep dying before their hello break the pool, naming how many and why") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 2, .launcher = {"sh", "-c", "kill -9 $$"}}};
+    auto f = lp.run_in_executor(ex, fn<&remote::square>, 3);
+    settle(lp, std::vector{f});
+    CHECK_THROWS_AS(f.result(), uvexec::broken_executor_error);
+    auto text = error_text(f);
+    CHECK(text.find("3 worker processes in a row failed to start") != std::string::npos);
+    CHECK(text.find("SIGKILL") != std::string::npos);
+    CHECK_THROWS_AS(lp.run_in_executor(ex, fn<&remote::square>, 2), uvexec::broken_executor_error);
+    lp.run_until_complete(ex.shutdown());
+    CHECK(ex.live_workers() == 0);
+}
+
 TEST_CASE("a missing worker executable fails the calls with the spawn error") {
     uvexec::loop lp;
     process_pool_executor ex{{.max_workers = 1, .worker_executable = "/nonexistent/uvexec-worker"}};

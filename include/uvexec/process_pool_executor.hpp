@@ -169,6 +169,12 @@ public:
     std::vector<future_state<void>*> shutdown_waiters_;
     std::exception_ptr spawn_error_;
     bool busy_pumping_ = false;
+    bool closing_ = false;               // the loop is closing: deaths are ours, not failures
+    std::size_t failed_starts_ = 0;      // workers in a row that died before their hello
+
+    /// Consecutive failed starts after which the pool is broken (a worker that
+    /// exits 121, having forgotten worker_main, breaks it at once).
+    static constexpr std::size_t max_failed_starts = 3;
 
     void retire(worker_process& w) noexcept;
 
