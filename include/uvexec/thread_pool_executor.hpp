@@ -271,7 +271,8 @@ public:
 
     std::size_t max_workers() const noexcept { return core_->max_workers(); }
     const std::string& name_prefix() const noexcept { return core_->name_prefix(); }
-    /// Calls accepted and waiting for a runner (not yet started).
+    /// Calls accepted and waiting for a runner (not yet started). On the
+    /// loop's thread, like submit().
     std::size_t queued() const noexcept { return core_->queued(); }
     /// Calls running on pool threads now; never above max_workers().
     std::size_t in_flight() const noexcept { return core_->in_flight(); }
