@@ -453,6 +453,32 @@ TEST_CASE("calls submitted from worker completions under load all complete; in_f
     CHECK(peak_in_flight <= 3);
 }
 
+TEST_CASE("a burst runs in submission order across direct, batched and staged calls, even cancelled in between") {
+    // One runner, so calls run one after another in queue order: the first
+    // goes straight to the runner, later ones are staged on the loop thread and
+    // handed over in batches of 128, the tail just before the loop polls.
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    std::vector<int> order;  // written by the single runner only
+    std::vector<future<void>> fs;
+    constexpr int n = 1000;
+    for (int i = 0; i < n; ++i) fs.push_back(lp.run_in_executor(ex, [&order, i] { order.push_back(i); }));
+    // Cancel some of the staged tail (1 + 7 * 128 = 897 calls were handed over
+    // during the burst; the last 103 wait for the loop), which surely has not run.
+    std::set<int> cancelled;
+    for (int i = n - 1; i >= n - 90; i -= 7)
+        if (fs[static_cast<std::size_t>(i)].cancel()) cancelled.insert(i);
+    CHECK(cancelled.size() == 13);
+    CHECK(ex.queued() >= 90 - 13);
+    settle(lp, fs);
+    std::vector<int> expected;
+    for (int i = 0; i < n; ++i)
+        if (!cancelled.count(i)) expected.push_back(i);
+    CHECK(order == expected);
+    for (int i = 0; i < n; ++i) CHECK(fs[static_cast<std::size_t>(i)].cancelled() == (cancelled.count(i) == 1));
+    CHECK(ex.queued() == 0);
+}
+
 TEST_CASE("cancelling pending calls while runners are busy: they never run, the others all do") {
     counted::reset();
     uvexec::loop lp;
