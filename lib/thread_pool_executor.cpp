@@ -233,14 +233,15 @@ void thread_pool_core::accept(loop_core& lp) {
     lp.attach(*this);
 }
 
-// Submission. The first max_workers submissions of a loop iteration go
-// straight to the pending queue, starting runners at once: a lone call (a
-// round trip) or a first handful starts without delay, even before the loop
-// runs. Later ones in the same iteration wait in the staged queue, which only
-// the loop thread touches, and move to the pending queue in batches of
-// stage_batch, or all at once just before the loop polls (the prepare phase).
-// So a burst of a million submissions takes the mutex once per batch instead
-// of once per call against runners taking calls, and runners that empty the
+// Submission. Up to max_workers submissions go straight to the pending queue,
+// starting runners at once: a lone call (a round trip) or a first handful
+// starts without delay, even before the loop runs. The one that spends that
+// budget arms the flush handle; until it runs (in the loop's next prepare
+// phase, just before the loop polls) further submissions wait in the staged
+// queue, which only the loop thread touches, and move to the pending queue in
+// batches of stage_batch; the flush moves the rest and refills the budget. So
+// a burst of a million submissions takes the mutex once per batch instead of
+// once per call against runners taking calls, and runners that empty the
 // queue faster than the loop fills it are not restarted (a uv_queue_work and a
 // thread wakeup) per call.
 void thread_pool_core::submit(pool_item& it) noexcept {
