@@ -1,29 +1,32 @@
 // uvexec — thread_pool_executor: runners over uv_queue_work.
 //
-// An executor has max_workers "runners", one per slot, each a uv_work_t that
-// is inside libuv or idle. A runner's work_cb takes calls from the pending
-// queue one after another, runs them, and appends each to the done list,
-// until the queue is empty; then it retires and its after_work_cb makes it
-// idle again. One uv_async_t per executor wakes the loop, which completes the
-// done list whole (on_done); a retiring runner's after_work_cb also takes it,
-// so a single call costs no extra wakeup. Submissions beyond the first
-// max_workers of a loop iteration are staged on the loop thread and handed to
-// the runners in batches (see submit()).
+// At most max_workers "runner" requests of an executor are active (may take
+// calls) at once, each holding a slot. A runner's work_cb takes calls from the
+// pending queue one after another, runs them, and appends each to the done
+// list, until the queue is empty; then it retires, and its after_work_cb makes
+// it idle again once it is back from libuv. One uv_async_t per executor wakes
+// the loop, which completes the done list whole (on_done); a retiring runner's
+// after_work_cb also takes it, so a single call costs no extra wakeup.
+// Submissions beyond max_workers between two loop iterations are staged on the
+// loop thread and handed to the runners in batches (see submit()).
 //
 // Invariants:
 //  - mutex_ guards the pending queue, the done list, the `at` of every item
-//    that is not staged, pending_count_, running_count_, active_runners_ and
-//    stopped_. A runner decides to retire (take_locked) under the same lock as
-//    the loop thread decides whether to start runners (claim_runners_locked),
-//    so there are always at least pending_count_ active runners not running a
-//    call (they will take one), or no runner is idle; a runner still on its
-//    way back starts again from its after_work_cb. No pending call is left
-//    without a runner (unless stopped_: the initializer failed, and the loop
-//    thread fails the pending calls when that call comes back);
-//  - a runner is started only when idle (its request is back from libuv), so
-//    at most max_workers_ requests of the executor are inside libuv and
-//    running_count_ <= active_runners_ <= max_workers_; runners_out_ counts
-//    the requests inside libuv, active or retiring, on the loop thread;
+//    that is not staged, pending_count_, running_count_, active_runners_,
+//    stopped_ and the free slots. A runner decides to retire (take_locked)
+//    under the same lock as the loop thread decides whether to start runners
+//    (claim_runners_locked), so while calls are pending there is always an
+//    active runner not running a call (it will take one), or all max_workers_
+//    are active; the flush before the loop polls starts as many as there are
+//    pending calls (up to max_workers_). No pending call is left without a runner
+//    (unless stopped_: the initializer failed, and the loop thread fails the
+//    pending calls when that call comes back). This needs idle runners to
+//    start: accept() keeps at least max_workers_ of them before every
+//    submission, and after_work_cb starts one again for calls that were
+//    published when none was idle;
+//  - active_runners_ <= max_workers_, and each active runner holds one slot,
+//    so running_count_ <= max_workers_; a retired runner's request may still
+//    be inside libuv (runners_out_ and out_ count those too, on the loop thread);
 //  - an item is staged (loop thread only), pending, running, done (finished,
 //    awaiting the loop) or nowhere; the executor holds one reference to its
 //    state from submit() until the loop thread completes, cancels or fails it
@@ -175,22 +178,31 @@ thread_pool_core::thread_pool_core(thread_pool_options opts)
       prefix_(std::move(opts.name_prefix)),
       initializer_(std::move(opts.initializer)),
       id_(executor_counter.fetch_add(1)),
-      runners_(std::make_unique<pool_runner[]>(max_workers_)),
       direct_left_(max_workers_) {
     if (prefix_.empty()) prefix_ = fmt::format("ThreadPoolExecutor-{}", id_);
     slot_names_.reserve(max_workers_);
-    for (std::uint32_t i = 0; i < max_workers_; ++i) slot_names_.push_back(fmt::format("{}_{}", prefix_, i));
-    // Slot 0 on top: the idle list is a stack, so a lone caller keeps reusing
-    // the runner (and, likely, the libuv thread) that just ran its last call.
-    for (auto i = static_cast<std::uint32_t>(max_workers_); i-- > 0;) {
-        pool_runner& r = runners_[i];
-        r.pool = this;
-        r.slot = i;
-        r.req.data = &r;
-        r.next_idle = idle_;
-        idle_ = &r;
+    free_slots_.resize(max_workers_);
+    for (std::uint32_t i = 0; i < max_workers_; ++i) {
+        slot_names_.push_back(fmt::format("{}_{}", prefix_, i));
+        free_slots_[i] = i;
     }
+    free_count_ = max_workers_;
+    add_spare_runners();
     reserve_pool_threads(max_workers_);
+}
+
+// Loop thread (or the constructor): at least max_workers_ idle runners, so
+// that starting as many as may ever be needed at once takes no allocation.
+void thread_pool_core::add_spare_runners() {
+    while (idle_count_ < max_workers_) {
+        runner_store_.push_back(std::make_unique<pool_runner>());  // may throw; nothing is linked yet
+        pool_runner* r = runner_store_.back().get();
+        r->pool = this;
+        r->req.data = r;
+        r->next = idle_;
+        idle_ = r;
+        ++idle_count_;
+    }
 }
 
 thread_pool_core::~thread_pool_core() = default;
@@ -203,6 +215,9 @@ void thread_pool_core::accept(loop_core& lp) {
         throw executor_shutdown_error(
             fmt::format("uvexec: cannot submit to thread_pool_executor '{}' after shutdown()", prefix_));
     if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    // Runners retired but not yet back from libuv are not idle: keep enough
+    // spares that submit() can start runners without waiting for the loop.
+    if (idle_count_ < max_workers_) add_spare_runners();
     if (loop_ == &lp) return;
     if (loop_ != nullptr)
         throw invalid_state_error(fmt::format(
@@ -252,7 +267,7 @@ void thread_pool_core::submit(pool_item& it) noexcept {
         if (--direct_left_ == 0) arm_flush();
         it.prev = nullptr;
         it.at = pool_item::where::pending;
-        enqueue(&it, &it, 1);
+        enqueue(&it, &it, 1, 1);
         return;
     }
     it.at = pool_item::where::staged;
@@ -262,7 +277,7 @@ void thread_pool_core::submit(pool_item& it) noexcept {
     // A full batch goes to the runners at once: a long burst keeps them busy
     // (and makes progress even if the loop thread does not return to libuv
     // for a while) at one lock per batch.
-    if (++staged_count_ == stage_batch) publish_staged();
+    if (++staged_count_ == stage_batch) publish_staged(1);
 }
 
 void thread_pool_core::arm_flush() noexcept {
@@ -279,19 +294,19 @@ void thread_pool_core::flush() noexcept {
         flush_armed_ = false;
     }
     direct_left_ = max_workers_;
-    publish_staged();
+    publish_staged(max_workers_);
 }
 
-void thread_pool_core::publish_staged() noexcept {
+void thread_pool_core::publish_staged(std::size_t max_starts) noexcept {
     if (staged_head_ == nullptr) return;
     pool_item* head = std::exchange(staged_head_, nullptr);
     pool_item* tail = std::exchange(staged_tail_, nullptr);
     // Written before the lock publishes them to the runners.
     for (pool_item* it = head; it; it = it->next) it->at = pool_item::where::pending;
-    enqueue(head, tail, std::exchange(staged_count_, 0));
+    enqueue(head, tail, std::exchange(staged_count_, 0), max_starts);
 }
 
-void thread_pool_core::enqueue(pool_item* head, pool_item* tail, std::size_t n) noexcept {
+void thread_pool_core::enqueue(pool_item* head, pool_item* tail, std::size_t n, std::size_t max_starts) noexcept {
     pool_runner* chain;
     {
         std::lock_guard lock(mutex_);
@@ -299,35 +314,45 @@ void thread_pool_core::enqueue(pool_item* head, pool_item* tail, std::size_t n) 
         if (pending_tail_) pending_tail_->next = head; else pending_head_ = head;
         pending_tail_ = tail;
         pending_count_ += n;
-        chain = claim_runners_locked();
+        chain = claim_runners_locked(max_starts);
     }
     start_runners(chain);
 }
 
 // Under mutex_, loop thread: the idle runners to start so that every pending
-// call has an active runner not running a call (it will take one), as far as
-// there are idle runners. The decision is made under the same lock as a
-// runner's decision to retire (take_locked), so a call is never left pending
-// without a runner that will take it, unless every runner is busy or still on
-// its way back from libuv; after_work_cb then starts one again.
-pool_runner* thread_pool_core::claim_runners_locked() noexcept {
+// call has an active runner not running a call (it will take one), each with
+// a free slot. The decision is made under the same lock as a runner's
+// decision to retire (take_locked), so a call is never left pending without
+// a runner that will take it: accept() keeps at least max_workers_ runners
+// idle, and at most max_workers_ - active_runners_ are needed. A batch handed
+// over in the middle of a burst starts at most one (max_starts): the burst
+// goes on on the loop thread, the flush that ends it starts the rest, and a
+// runner restarted per batch would cost a thread wakeup per 128 calls each.
+pool_runner* thread_pool_core::claim_runners_locked(std::size_t max_starts) noexcept {
     pool_runner* chain = nullptr;
-    // An idle runner is not active, so active_runners_ < max_workers_ here.
-    while (idle_ != nullptr && !stopped_ && pending_count_ > active_runners_ - running_count_) {
+    for (; max_starts > 0 && idle_ != nullptr && active_runners_ < max_workers_ && !stopped_ &&
+           pending_count_ > active_runners_ - running_count_;
+         --max_starts) {
         pool_runner* r = idle_;
-        idle_ = r->next_idle;
-        r->next_idle = chain;
-        chain = r;
+        idle_ = r->next;
+        --idle_count_;
+        r->slot = free_slots_[free_head_];
+        free_head_ = (free_head_ + 1) % max_workers_;
+        --free_count_;
         ++active_runners_;
+        r->next = chain;
+        chain = r;
     }
     return chain;
 }
 
 void thread_pool_core::start_runners(pool_runner* chain) noexcept {
     while (pool_runner* r = chain) {
-        chain = r->next_idle;
-        r->next_idle = nullptr;
-        r->in_libuv = true;
+        chain = r->next;
+        r->prev = nullptr;
+        r->next = out_;
+        if (out_) out_->prev = r;
+        out_ = r;
         ++runners_out_;
         note_pool_started();
         if (int rc = uv_queue_work(loop_->uv(), &r->req, &thread_pool_core::work_cb, &thread_pool_core::after_work_cb);
@@ -343,16 +368,22 @@ void thread_pool_core::restart_runners() noexcept {
     pool_runner* chain;
     {
         std::lock_guard lock(mutex_);
-        chain = claim_runners_locked();
+        chain = claim_runners_locked(max_workers_);
     }
     start_runners(chain);
 }
 
+void thread_pool_core::retire_locked(pool_runner& r) noexcept {
+    --active_runners_;
+    free_slots_[(free_head_ + free_count_) % max_workers_] = r.slot;
+    ++free_count_;
+}
+
 // Under mutex_: the runner's next call, or null after retiring the runner.
-pool_item* thread_pool_core::take_locked() noexcept {
+pool_item* thread_pool_core::take_locked(pool_runner& r) noexcept {
     pool_item* it = pending_head_;
     if (it == nullptr || stopped_) {
-        --active_runners_;
+        retire_locked(r);
         return nullptr;
     }
     pending_head_ = it->next;
@@ -373,7 +404,7 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
     pool_item* it;
     {
         std::lock_guard lock(pool.mutex_);
-        it = pool.take_locked();
+        it = pool.take_locked(r);
     }
     while (it != nullptr) {
         if (!initialized) {
@@ -399,7 +430,7 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             it->next = nullptr;
             if (pool.done_tail_) pool.done_tail_->next = it; else pool.done_head_ = it;
             pool.done_tail_ = it;
-            it = pool.take_locked();
+            it = pool.take_locked(r);
             // A retiring runner's after_work_cb takes the done list anyway.
             if (it == nullptr) wake = false;
         }
@@ -416,15 +447,18 @@ void thread_pool_core::after_work_cb(uv_work_t* req, int status) noexcept {
         // Cancelled before it reached a thread (only when the loop closes,
         // after the pending queue was emptied): retire it here.
         std::lock_guard lock(pool.mutex_);
-        --pool.active_runners_;
+        pool.retire_locked(r);
     }
-    r.in_libuv = false;
-    r.next_idle = pool.idle_;
+    if (r.prev) r.prev->next = r.next; else pool.out_ = r.next;
+    if (r.next) r.next->prev = r.prev;
+    r.prev = nullptr;
+    r.next = pool.idle_;
     pool.idle_ = &r;
+    ++pool.idle_count_;
     --pool.runners_out_;
     pool.drain_done();
-    // Calls that came while every runner was busy or on its way back found no
-    // idle runner to start: this one may take them now.
+    // Calls published when no runner was idle (a flush after runners retired
+    // faster than the loop took them back) get one now.
     if (!pool.closing_) pool.restart_runners();
     if (pool.closing_ && pool.runners_out_ == 0) pool.close_handles();
     pool.settle();  // may free the core
@@ -603,8 +637,7 @@ void thread_pool_core::on_loop_closing() noexcept {
     fail_queued(true, {});
     // Runners still waiting for a libuv thread are cancelled (after_work_cb
     // sees UV_ECANCELED); running ones find the queue empty and retire.
-    for (std::size_t i = 0; i < max_workers_; ++i)
-        if (runners_[i].in_libuv) uv_cancel(reinterpret_cast<uv_req_t*>(&runners_[i].req));
+    for (pool_runner* r = out_; r; r = r->next) uv_cancel(reinterpret_cast<uv_req_t*>(&r->req));
     if (runners_out_ == 0) close_handles();  // else the last runner's after_work_cb closes them
 }
 

@@ -453,6 +453,22 @@ TEST_CASE("calls submitted from worker completions under load all complete; in_f
     CHECK(peak_in_flight <= 3);
 }
 
+TEST_CASE("work submitted while the loop does not run makes progress, even after a runner retired") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    std::atomic<int> ran{0};
+    std::vector<future<void>> fs;
+    fs.push_back(lp.run_in_executor(ex, [&] { ++ran; }));
+    // Its runner found the queue empty and retired; its after_work_cb needs
+    // the loop, which does not run in this test until the end.
+    REQUIRE(eventually([&] { return ran == 1 && ex.in_flight() == 0; }));
+    for (int i = 0; i < 300; ++i) fs.push_back(lp.run_in_executor(ex, [&] { ++ran; }));
+    // Batches of 128 reach a spare runner without the loop's help.
+    CHECK(eventually([&] { return ran >= 1 + 256; }));
+    settle(lp, fs);
+    CHECK(ran == 301);
+}
+
 TEST_CASE("a burst runs in submission order across direct, batched and staged calls, even cancelled in between") {
     // One runner, so calls run one after another in queue order: the first
     // goes straight to the runner, later ones are staged on the loop thread and

@@ -83,16 +83,17 @@ struct pool_item {
 };
 
 /// A long-lived request inside libuv that runs an executor's calls one after
-/// another on a pool thread until the pending queue is empty. There is one per
-/// slot (0 … max_workers-1); a runner is started again only once its previous
-/// request is back from libuv, so an executor never has more than max_workers
-/// requests inside libuv and never allocates one.
+/// another on a pool thread until the pending queue is empty. While active it
+/// holds a slot (0 … max_workers-1), its worker name. A retired runner's
+/// request may still be on its way back from libuv (its after_work_cb needs
+/// the loop), so an executor keeps spare runners: starting one never waits for
+/// the loop and never allocates (accept() tops the spares up).
 struct pool_runner {
     uv_work_t req;
     thread_pool_core* pool = nullptr;
-    pool_runner* next_idle = nullptr;  // the core's list of runners outside libuv (loop thread)
-    std::uint32_t slot = 0;
-    bool in_libuv = false;             // loop thread
+    pool_runner* prev = nullptr;  // the core's list of runners inside libuv, or of idle ones (loop thread)
+    pool_runner* next = nullptr;
+    std::uint32_t slot = 0;       // set when started, under the core's mutex
 };
 
 class thread_pool_core final : public loop_client {
@@ -129,12 +130,14 @@ private:
     static void on_flush(uv_prepare_t* h) noexcept;
     void arm_flush() noexcept;
     void flush() noexcept;
-    void publish_staged() noexcept;
-    void enqueue(pool_item* head, pool_item* tail, std::size_t n) noexcept;
-    pool_runner* claim_runners_locked() noexcept;
+    void publish_staged(std::size_t max_starts) noexcept;
+    void enqueue(pool_item* head, pool_item* tail, std::size_t n, std::size_t max_starts) noexcept;
+    pool_runner* claim_runners_locked(std::size_t max_starts) noexcept;
     void start_runners(pool_runner* chain) noexcept;
     void restart_runners() noexcept;
-    pool_item* take_locked() noexcept;
+    pool_item* take_locked(pool_runner& r) noexcept;
+    void retire_locked(pool_runner& r) noexcept;
+    void add_spare_runners();
     void drain_done() noexcept;
     void finish(pool_item& it) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
@@ -149,7 +152,6 @@ private:
     std::function<void()> initializer_;
     std::uint64_t id_;
     std::vector<std::string> slot_names_;
-    std::unique_ptr<pool_runner[]> runners_;  // one per slot
 
     // Guarded by mutex_: shared between the loop thread and the runners.
     mutable std::mutex mutex_;
@@ -161,6 +163,8 @@ private:
     std::size_t running_count_ = 0;
     std::size_t active_runners_ = 0;     // runners that may still take calls (<= max_workers_)
     bool stopped_ = false;               // the initializer failed: runners take no more calls
+    std::vector<std::uint32_t> free_slots_;  // ring buffer of the slots no active runner holds
+    std::size_t free_head_ = 0, free_count_ = 0;
 
     // Loop thread only.
     loop_core* loop_ = nullptr;
@@ -171,8 +175,11 @@ private:
     std::size_t staged_count_ = 0;
     std::size_t direct_left_;            // submissions this iteration that may still go straight to pending
     bool flush_armed_ = false;
-    pool_runner* idle_ = nullptr;        // runners outside libuv
-    std::size_t runners_out_ = 0;        // runners inside libuv (active or retiring)
+    std::vector<std::unique_ptr<pool_runner>> runner_store_;  // every runner allocated
+    pool_runner* idle_ = nullptr;        // runners outside libuv (singly linked)
+    std::size_t idle_count_ = 0;
+    pool_runner* out_ = nullptr;         // runners inside libuv, active or on their way back
+    std::size_t runners_out_ = 0;
     std::size_t outstanding_ = 0;        // calls accepted and not yet completed (staged, pending, running or done)
     std::size_t busy_ = 0;               // completion frames on the stack
     bool closing_ = false;               // the loop is closing
