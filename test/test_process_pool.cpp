@@ -60,6 +60,11 @@ void segfault() {
     std::raise(SIGSEGV);
 }
 void kill9() { ::kill(::getpid(), SIGKILL); }
+void nap_then_segfault(int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    segfault();
+}
+void touch(const std::string& path) { std::ofstream(path) << "ran"; }
 void exit3() { std::exit(3); }
 void garbage() {
     const char junk[] = "\xff\xff\xff\x7fthis is not a frame";
@@ -489,6 +494,24 @@ TEST_CASE("cancelling a queued call removes it; cancelling a sent call stops the
     // The worker finishes the nap; its answer is dropped and the pool goes on.
     CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&remote::square>, 4)) == 16);
     lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a call cancelled while it waited inside a worker that then dies never runs") {
+    const std::string marker = "/tmp/uvexec-test-cancelled-ran-" + std::to_string(::getpid());
+    std::remove(marker.c_str());
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1, .max_in_flight_per_worker = 2}};
+    auto dying = lp.run_in_executor(ex, fn<&work::nap_then_segfault>, 100);
+    auto behind = lp.run_in_executor(ex, fn<&work::touch>, marker);
+    CHECK(ex.queued() == 0);  // both were sent to the one worker
+    CHECK(behind.cancel());
+    settle(lp, std::vector{dying});
+    CHECK_THROWS_AS(dying.result(), uvexec::worker_died);
+    // The replacement serves new calls, and the cancelled one was not sent again.
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&remote::square>, 5)) == 25);
+    lp.run_until_complete(ex.shutdown());
+    CHECK_FALSE(std::ifstream(marker).good());
+    std::remove(marker.c_str());
 }
 
 TEST_CASE("destroying the executor with calls in flight is clean and leaves no zombie") {

@@ -2,8 +2,9 @@
 //
 // Python: concurrent.futures.ThreadPoolExecutor. Work goes to libuv's own
 // pool through uv_queue_work. That pool is shared by the whole process (and by
-// libuv's file-system and DNS requests), so the executor keeps at most
-// max_workers long-lived "runner" requests in it; each runs the executor's
+// libuv's file-system and DNS requests), so at most max_workers of the
+// executor's long-lived "runner" requests wait for or hold one of its threads
+// at once; each runs the executor's
 // queued calls one after another until the queue is empty. The host's fs/dns
 // requests are never starved by more than max_workers threads.
 #pragma once
