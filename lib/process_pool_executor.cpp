@@ -1,4 +1,5 @@
-// uvexec — process_pool_executor: workers over uv_spawn, frames over a socketpair.
+// uvexec — process_pool_executor: workers started with posix_spawn and reaped on
+// SIGCHLD through libuv, frames over a socketpair.
 //
 // Invariants (all on the loop thread):
 //  - a call is in exactly one of: the pool's queue, one worker's in-flight
@@ -18,6 +19,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -36,7 +40,7 @@ struct worker_process {
     process_pool_core* pool = nullptr;
     std::size_t slot = 0;
     std::string name;
-    uv_process_t proc{};
+    uv_signal_t child_watch{};  // SIGCHLD: reaps this worker (waitpid of its own pid only)
     uv_pipe_t pipe{};
     uv_timer_t timer{};  // start-up deadline, then the grace period of a retiring worker
     uv_write_t write_req{};
@@ -45,11 +49,12 @@ struct worker_process {
     bool said_hello = false;
     bool writing = false;
     bool exited = false;
+    bool status_lost = false;  // reaped by another waitpid() in the process
     std::int64_t exit_status = 0;
     int term_signal = 0;
     std::string fault;  // why the pool killed it, if it did
     int open_handles = 0;
-    unsigned closed_by_us = 0;  // bits: proc, pipe, timer
+    unsigned closed_by_us = 0;  // bits: child_watch, pipe, timer
 
     process_call* head = nullptr;  // in-flight FIFO
     process_call* tail = nullptr;
@@ -76,10 +81,11 @@ std::string signal_name(int sig) {
 }
 
 std::string exit_description(const worker_process& w) {
-    std::string how = w.term_signal != 0
+    std::string how = w.status_lost ? std::string("reaped by another waitpid() in this process, status unknown")
+                      : w.term_signal != 0
                           ? fmt::format("killed by signal {} ({})", w.term_signal, signal_name(w.term_signal))
                           : fmt::format("exited with status {}", w.exit_status);
-    if (w.term_signal == 0 && w.exit_status == unserved_worker_status)
+    if (!w.status_lost && w.term_signal == 0 && w.exit_status == unserved_worker_status)
         how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
     if (!w.fault.empty()) how = w.fault + "; it was " + how;
     return how;
@@ -93,7 +99,7 @@ void on_handle_closed(uv_handle_t* h) {
 /// Closes one of w's handles, once: the pipe, for one, is closed both when a
 /// worker retires and when it has exited.
 void close_handle(worker_process& w, uv_handle_t* h) {
-    auto bit = h == reinterpret_cast<uv_handle_t*>(&w.proc)   ? 1u
+    auto bit = h == reinterpret_cast<uv_handle_t*>(&w.child_watch) ? 1u
                : h == reinterpret_cast<uv_handle_t*>(&w.pipe) ? 2u
                                                                 : 4u;
     if (w.closed_by_us & bit) return;
@@ -104,7 +110,7 @@ void close_handle(worker_process& w, uv_handle_t* h) {
 /// An idle worker must not keep the host's uv_run(UV_RUN_DEFAULT) alive; a
 /// busy, starting or exiting one must (its answer or exit is still due).
 void hold_loop(worker_process& w, bool hold) {
-    for (auto* h : {reinterpret_cast<uv_handle_t*>(&w.proc), reinterpret_cast<uv_handle_t*>(&w.pipe)}) {
+    for (auto* h : {reinterpret_cast<uv_handle_t*>(&w.child_watch), reinterpret_cast<uv_handle_t*>(&w.pipe)}) {
         if (uv_is_closing(h)) continue;
         if (hold) uv_ref(h); else uv_unref(h);
     }
@@ -115,7 +121,10 @@ void kill_worker(worker_process& w, std::string fault) {
     if (w.fault.empty()) w.fault = std::move(fault);
     if (w.st != worker_process::state::dying) w.st = worker_process::state::dying;
     hold_loop(w, true);  // its exit is due
-    uv_process_kill(&w.proc, SIGKILL);  // ESRCH if it is already gone: its exit callback follows
+    // Safe from pid reuse: only this worker's child_watch reaps it, and it
+    // has not (w.exited is false), so the pid is still this worker's, even as
+    // a zombie.
+    ::kill(w.pid, SIGKILL);
 }
 
 void start_timer(worker_process& w, std::chrono::milliseconds after, uv_timer_cb cb) {
@@ -212,11 +221,27 @@ void drain_channel(worker_process& w) noexcept {
     process_frames(w);
 }
 
-void on_exit(uv_process_t* p, std::int64_t exit_status, int term_signal) {
-    auto& w = *static_cast<worker_process*>(p->data);
+// Any child of the process changed state: if it was this worker, reap it.
+void on_sigchld(uv_signal_t* h, int) {
+    auto& w = *static_cast<worker_process*>(h->data);
+    if (w.exited) return;
+    int status = 0;
+    pid_t r;
+    do r = ::waitpid(w.pid, &status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) return;  // another child, or this one only stopped
     w.exited = true;
-    w.exit_status = exit_status;
-    w.term_signal = term_signal;
+    if (r < 0) {
+        // ECHILD: someone else reaped it, which only a waitpid(-1) in the
+        // host can do (see README, Signals). Its status is lost, not its death.
+        w.status_lost = true;
+        w.exit_status = -1;
+    } else if (WIFSIGNALED(status)) {
+        w.term_signal = WTERMSIG(status);
+    } else {
+        w.exit_status = WEXITSTATUS(status);
+    }
+    uv_signal_stop(h);
     drain_channel(w);
     finalize_exit(w);
 }
@@ -314,7 +339,7 @@ void finalize_exit(worker_process& w) noexcept {
     ++pool.busy_;
     close_handle(w, reinterpret_cast<uv_handle_t*>(&w.pipe));
     close_handle(w, reinterpret_cast<uv_handle_t*>(&w.timer));
-    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.proc));
+    close_handle(w, reinterpret_cast<uv_handle_t*>(&w.child_watch));
     std::string how = exit_description(w);
 
     // A worker that never said hello never read a call: none of its calls
@@ -479,17 +504,44 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
     w->name = fmt::format("{}_{}", prefix_, slot);
     // The channel is a socketpair we make ourselves, so the worker's end can
     // be put on descriptor 3, or on 0 and 1 for launchers that forward only
-    // stdio. Both ends are close-on-exec; libuv clears that on the child's copy.
+    // stdio. Both ends are close-on-exec; the child's dup2 copies are not.
     uv_os_sock_t ends[2];
     if (int r = uv_socketpair(SOCK_STREAM, 0, ends, UV_NONBLOCK_PIPE, 0); r != 0) {
         spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_socketpair for a worker's channel"));
         delete w;
         return nullptr;
     }
+    if (ends[1] <= channel_fd) {
+        // dup2 onto itself would leave it close-on-exec: move it above 3 first.
+        int moved = ::fcntl(ends[1], F_DUPFD_CLOEXEC, channel_fd + 1);
+        int err = errno;
+        ::close(ends[1]);
+        if (moved < 0) {
+            spawn_error_ = std::make_exception_ptr(uv_error(-err, "fcntl(F_DUPFD_CLOEXEC) for a worker's channel"));
+            ::close(ends[0]);
+            delete w;
+            return nullptr;
+        }
+        ends[1] = moved;
+    }
     uv_pipe_init(loop_->uv(), &w->pipe, 0);
-    w->proc.data = w->pipe.data = w->timer.data = w;
+    w->child_watch.data = w->pipe.data = w->timer.data = w;
     w->open_handles = 1;
     uv_pipe_open(&w->pipe, ends[0]);
+    // Watching SIGCHLD before the child exists: no exit can go unseen.
+    // (uv_signal_init can fail: the loop's first one makes a pipe.)
+    int r = uv_signal_init(loop_->uv(), &w->child_watch);
+    if (r == 0) {
+        ++w->open_handles;
+        r = uv_signal_start(&w->child_watch, &on_sigchld, SIGCHLD);
+        if (r != 0) close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->child_watch));
+    }
+    if (r != 0) {
+        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_signal_start(SIGCHLD) to watch a worker"));
+        ::close(ends[1]);
+        close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
+        return nullptr;
+    }
 
     std::vector<std::string> args = spawn_args_;
     args.push_back(w->name);
@@ -502,42 +554,41 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
     for (auto& e : spawn_env_) envp.push_back(e.data());
     envp.push_back(nullptr);
 
-    uv_stdio_container_t stdio[4];
-    stdio[0].flags = UV_IGNORE;
-    stdio[1].flags = UV_INHERIT_FD;
-    stdio[1].data.fd = 1;
-    stdio[2].flags = UV_INHERIT_FD;
-    stdio[2].data.fd = 2;
-    stdio[3].flags = UV_INHERIT_FD;
-    stdio[3].data.fd = ends[1];
-    int stdio_count = 4;
+    // posix_spawn, not uv_spawn: glibc's clones the parent without copying
+    // its page tables (CLONE_VM | CLONE_VFORK), where libuv 1.44's fork()
+    // holds the loop thread for a time that grows with the parent's resident
+    // memory (about 120 ms per worker from a 4 GiB heap; bench_process_startup
+    // --heap-mb). Like libuv, the child gets default signal dispositions, an
+    // empty signal mask, and /dev/null as stdin.
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawnattr_init(&attr);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     if (opts_.stdio_channel) {
-        stdio[0].flags = UV_INHERIT_FD;
-        stdio[0].data.fd = ends[1];
-        stdio[1].data.fd = ends[1];
-        stdio_count = 3;
+        posix_spawn_file_actions_adddup2(&actions, ends[1], 0);
+        posix_spawn_file_actions_adddup2(&actions, ends[1], 1);
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+        posix_spawn_file_actions_adddup2(&actions, ends[1], channel_fd);
     }
-
-    uv_process_options_t po{};
-    po.file = argv[0];
-    po.args = argv.data();
-    po.env = envp.data();
-    po.stdio = stdio;
-    po.stdio_count = stdio_count;
-    po.exit_cb = &on_exit;
-
-    int r = uv_spawn(loop_->uv(), &w->proc, &po);
+    pid_t pid = 0;
+    r = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
     ::close(ends[1]);
     if (r != 0) {
-        spawn_error_ = std::make_exception_ptr(uv_error(r, fmt::format("uv_spawn of worker '{}'", argv[0])));
+        spawn_error_ = std::make_exception_ptr(uv_error(-r, fmt::format("posix_spawn of worker '{}'", argv[0])));
         close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
-        // libuv requires closing the process handle even when spawning failed.
-        ++w->open_handles;
-        close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->proc));
+        close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->child_watch));
         return nullptr;
     }
-    ++w->open_handles;
-    w->pid = w->proc.pid;
+    w->pid = pid;
     uv_timer_init(loop_->uv(), &w->timer);
     w->timer.data = w;
     ++w->open_handles;
@@ -617,7 +668,7 @@ void process_pool_core::retire(worker_process& w) noexcept {
     if (w.st == worker_process::state::retiring || w.st == worker_process::state::dying || w.exited) return;
     w.st = worker_process::state::retiring;
     hold_loop(w, true);  // its exit is due
-    // Closing our end is the worker's signal to exit; it is reaped in on_exit.
+    // Closing our end is the worker's signal to exit; it is reaped in on_sigchld.
     close_handle(w, reinterpret_cast<uv_handle_t*>(&w.pipe));
     start_timer(w, retire_grace, &on_grace_over);
 }

@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -121,6 +122,28 @@ int get_init() { return init_value; }
 void bad_init() { throw std::runtime_error("the initializer failed on purpose"); }
 
 std::string worker_name() { return std::string(uvexec::this_worker::name()); }
+
+/// What a worker inherited from the way it was started.
+struct start_state {
+    bool sighup_default = false, sigterm_default = false, sigusr1_unblocked = false;
+    std::string stdin_target;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(sighup_default, sigterm_default, sigusr1_unblocked, stdin_target);
+    }
+};
+start_state how_started() {
+    start_state s;
+    struct sigaction sa{};
+    s.sighup_default = ::sigaction(SIGHUP, nullptr, &sa) == 0 && sa.sa_handler == SIG_DFL;
+    s.sigterm_default = ::sigaction(SIGTERM, nullptr, &sa) == 0 && sa.sa_handler == SIG_DFL;
+    sigset_t blocked;
+    s.sigusr1_unblocked = ::pthread_sigmask(SIG_SETMASK, nullptr, &blocked) == 0 && !sigismember(&blocked, SIGUSR1);
+    char buf[256];
+    ssize_t n = ::readlink("/proc/self/fd/0", buf, sizeof(buf));
+    if (n > 0) s.stdin_target.assign(buf, static_cast<std::size_t>(n));
+    return s;
+}
 
 }  // namespace work
 
@@ -546,6 +569,69 @@ TEST_CASE("destroying the loop with calls in flight kills and reaps the workers"
     }
     CHECK(f.cancelled());
     for (int pid : pids) CHECK(reaped(pid));
+}
+
+TEST_CASE("a worker starts with default signal dispositions, nothing blocked and /dev/null as stdin") {
+    // The parent ignores SIGTERM and SIGHUP and blocks SIGUSR1 on the loop
+    // thread that starts the workers: none of it may reach a worker, whose
+    // code expects a fresh process. (SIGPIPE, which the pool makes the parent
+    // ignore, the worker ignores on its own in worker_main.)
+    struct sigaction old_term{}, old_hup{}, ignore{};
+    ignore.sa_handler = SIG_IGN;
+    REQUIRE(::sigaction(SIGTERM, &ignore, &old_term) == 0);
+    REQUIRE(::sigaction(SIGHUP, &ignore, &old_hup) == 0);
+    sigset_t usr1, old_mask;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    REQUIRE(::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask) == 0);
+    // And its stdin is a pipe, which a worker must not share.
+    int saved_stdin = ::dup(0);
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    REQUIRE(::dup2(p[0], 0) == 0);
+    work::start_state s;
+    {
+        uvexec::loop lp;
+        process_pool_executor ex{{.max_workers = 1}};
+        s = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::how_started>));
+        lp.run_until_complete(ex.shutdown());
+    }
+    ::dup2(saved_stdin, 0);
+    for (int fd : {saved_stdin, p[0], p[1]}) ::close(fd);
+    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    ::sigaction(SIGTERM, &old_term, nullptr);
+    ::sigaction(SIGHUP, &old_hup, nullptr);
+    CHECK(s.sighup_default);
+    CHECK(s.sigterm_default);
+    CHECK(s.sigusr1_unblocked);
+    CHECK(s.stdin_target == "/dev/null");
+}
+
+TEST_CASE("a worker reaped behind the pool's back still fails its call with worker_died, and the pool carries on") {
+    // Only a waitpid() in the host can do this (README, Signals warns against
+    // it); the pool must still notice the death rather than wait forever.
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    int pid = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::my_pid>));
+    auto f = lp.run_in_executor(ex, fn<&work::nap>, 10000);
+    REQUIRE(::kill(pid, SIGKILL) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);  // the host steals the status
+    settle(lp, std::vector{f});
+    try {
+        f.result();
+        FAIL("the call did not fail");
+    } catch (const uvexec::worker_died& e) {
+        CHECK(e.pid() == pid);
+        CHECK(e.term_signal() == 0);
+        CHECK(e.exit_status() == -1);
+        CHECK(std::string(e.what()).find("reaped by another waitpid()") != std::string::npos);
+    }
+    int next = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::my_pid>));
+    CHECK(next != pid);
+    auto pids = ex.worker_pids();
+    lp.run_until_complete(ex.shutdown());
+    for (int p : pids) CHECK(reaped(p));
 }
 
 TEST_CASE("a worker exits by itself when its parent dies") {

@@ -110,7 +110,8 @@ public:
     worker_died(const std::string& what, int pid, int exit_status, int term_signal)
         : error(what), pid_(pid), exit_status_(exit_status), term_signal_(term_signal) {}
     int pid() const noexcept { return pid_; }
-    /// The exit status, when the worker exited (term_signal() == 0).
+    /// The exit status, when the worker exited (term_signal() == 0); -1 when
+    /// its status was lost because another waitpid() in the process reaped it.
     int exit_status() const noexcept { return exit_status_; }
     /// The signal that killed the worker, or 0.
     int term_signal() const noexcept { return term_signal_; }

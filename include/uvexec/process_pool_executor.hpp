@@ -1,7 +1,7 @@
 // uvexec — process_pool_executor: run calls in worker processes.
 //
 // Python: concurrent.futures.ProcessPoolExecutor. A worker is the running
-// executable started again with uv_spawn (or a dedicated worker executable,
+// executable started again with posix_spawn (or a dedicated worker executable,
 // optionally behind a launcher such as `taskset -c 1` or `srun`); `main`
 // begins with uvexec::worker_main(argc, argv), which serves the pool when the
 // process is a worker and returns at once when it is not. Each worker gets a
