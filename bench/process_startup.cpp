@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
     }
     fmt::print("  uvexec first result ms: {}\n  uvexec all {} results ms: {}\n  bare all {} pongs ms: {}\n",
                bench::join(first, "{:.2f}"), w, bench::join(last, "{:.2f}"), w, bench::join(b, "{:.2f}"));
-    bench::report(heap_mb > 0 ? fmt::format("process_startup_{}mib_parent", heap_mb) : "process_startup", "ms", bench::median(last), bench::median(b), "bare spawn + ping",
+    const std::string name = heap_mb > 0 ? fmt::format("process_startup_{}mib_parent", heap_mb) : "process_startup";
+    bench::report(name, "ms", bench::median(last), bench::median(b), "bare spawn + ping",
                   "(construct pool -> first result of every worker)");
 }

@@ -49,8 +49,7 @@ struct worker_process {
     bool said_hello = false;
     bool writing = false;
     bool exited = false;
-    bool status_lost = false;  // reaped by another waitpid() in the process
-    std::int64_t exit_status = 0;
+    std::int64_t exit_status = 0;  // -1: reaped by another waitpid() in the process, status lost
     int term_signal = 0;
     std::string fault;  // why the pool killed it, if it did
     int open_handles = 0;
@@ -81,11 +80,11 @@ std::string signal_name(int sig) {
 }
 
 std::string exit_description(const worker_process& w) {
-    std::string how = w.status_lost ? std::string("reaped by another waitpid() in this process, status unknown")
-                      : w.term_signal != 0
+    std::string how = w.term_signal != 0
                           ? fmt::format("killed by signal {} ({})", w.term_signal, signal_name(w.term_signal))
-                          : fmt::format("exited with status {}", w.exit_status);
-    if (!w.status_lost && w.term_signal == 0 && w.exit_status == unserved_worker_status)
+                      : w.exit_status < 0 ? std::string("reaped by another waitpid() in this process, status unknown")
+                                          : fmt::format("exited with status {}", w.exit_status);
+    if (w.term_signal == 0 && w.exit_status == unserved_worker_status)
         how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
     if (!w.fault.empty()) how = w.fault + "; it was " + how;
     return how;
@@ -123,7 +122,7 @@ void kill_worker(worker_process& w, std::string fault) {
     hold_loop(w, true);  // its exit is due
     // Safe from pid reuse: only this worker's child_watch reaps it, and it
     // has not (w.exited is false), so the pid is still this worker's, even as
-    // a zombie.
+    // a zombie (unless a waitpid(-1) in the host took it: README, Signals).
     ::kill(w.pid, SIGKILL);
 }
 
@@ -234,7 +233,6 @@ void on_sigchld(uv_signal_t* h, int) {
     if (r < 0) {
         // ECHILD: someone else reaped it, which only a waitpid(-1) in the
         // host can do (see README, Signals). Its status is lost, not its death.
-        w.status_lost = true;
         w.exit_status = -1;
     } else if (WIFSIGNALED(status)) {
         w.term_signal = WTERMSIG(status);
