@@ -1,11 +1,11 @@
 // The driver of fuzz_worker (fuzz_worker_main.cpp): the parent's handling of whatever a worker writes.
 // Each input is the byte stream a worker writes after a valid hello, in answer
 // to one call (garbage_worker.cpp writes it and exits). The parent must fail
-// or answer that call -- a value, worker_died, remote_error or uvexec::error
+// or answer that call -- a value, worker_died_error, remote_error or uvexec::error
 // (an undecodable result) -- and serve the next call correctly from a fresh
 // worker; every worker is reaped and no descriptor is left open. The pool has
 // no initializer, so nothing a worker writes may break it: an init_failed
-// frame is a protocol violation like any other (worker_died).
+// frame is a protocol violation like any other (worker_died_error).
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -89,7 +89,7 @@ void fuzz_worker_one(const std::uint8_t* data, std::size_t size) {
             (void)lp.run_until_complete(std::move(first));  // any int the bytes say
         } catch (const uvexec::broken_executor_error&) {
             fail("a worker broke a pool that has no initializer");
-        } catch (const uvexec::worker_died&) {
+        } catch (const uvexec::worker_died_error&) {
         } catch (const uvexec::remote_error&) {
         } catch (const uvexec::error&) {  // an undecodable result
         }

@@ -8,11 +8,6 @@
 namespace uvexec::detail {
 
 namespace {
-void put_u32(std::string& out, std::uint32_t v) {
-    char b[4];
-    for (int i = 0; i < 4; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-    out.append(b, 4);
-}
 std::uint32_t get_u32(const char* p) noexcept {
     std::uint32_t v = 0;
     for (int i = 0; i < 4; ++i) v |= std::uint32_t(static_cast<unsigned char>(p[i])) << (8 * i);
@@ -32,22 +27,22 @@ std::uint64_t get_u64(const char* p) noexcept {
     return v;
 }
 
+void put_frame_header(char* out, frame_kind kind, std::uint64_t id, std::size_t payload_size) noexcept {
+    const auto len = static_cast<std::uint32_t>(payload_size + 1 + 8);
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+    out[4] = static_cast<char>(kind);
+    for (int i = 0; i < 8; ++i) out[5 + i] = static_cast<char>((id >> (8 * i)) & 0xff);
+}
+
 void append_frame_header(std::string& out, frame_kind kind, std::uint64_t id, std::size_t payload_size) {
-    put_u32(out, static_cast<std::uint32_t>(payload_size + 1 + 8));
-    out.push_back(static_cast<char>(kind));
-    put_u64(out, id);
+    char header[frame_header_size];
+    put_frame_header(header, kind, id, payload_size);
+    out.append(header, frame_header_size);
 }
 
 void append_frame(std::string& out, frame_kind kind, std::uint64_t id, std::string_view payload) {
     append_frame_header(out, kind, id, payload.size());
     out.append(payload);
-}
-
-bool is_parent_to_worker(frame_kind k) noexcept { return k == frame_kind::call || k == frame_kind::init; }
-
-bool is_worker_to_parent(frame_kind k) noexcept {
-    return k == frame_kind::hello || k == frame_kind::result || k == frame_kind::error ||
-           k == frame_kind::init_failed;
 }
 
 char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {

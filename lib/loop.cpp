@@ -153,7 +153,7 @@ void loop_core::close() noexcept {
         dropped.swap(inbox_);
     }
     dropped.clear();
-    close_handle(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    close_handle(reinterpret_cast<uv_handle_t*>(wakeup_), [](uv_handle_t* h) noexcept { delete reinterpret_cast<uv_async_t*>(h); });
 
     // (3) Work already running on pool threads cannot be stopped, and its
     // completion (like a killed worker's exit) needs the loop: run it until

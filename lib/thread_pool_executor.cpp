@@ -52,8 +52,11 @@
 #include <stdexcept>
 #include <thread>
 
+#include <dirent.h>
+
 #include <fmt/format.h>
 
+#include "error_ptr.hpp"
 #include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
@@ -107,6 +110,17 @@ void warn_small_pool(pool_budget& b, std::size_t size, std::string_view why) {
                  std::min(libuv_max_pool, b.reserved + reserve_for_host_io));
 }
 
+/// True when this process has one thread (Linux: /proc/self/task).
+bool single_threaded() noexcept {
+    DIR* d = ::opendir("/proc/self/task");
+    if (d == nullptr) return false;
+    int threads = 0;
+    while (const dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') ++threads;
+    ::closedir(d);
+    return threads == 1;
+}
+
 void reserve_pool_threads(std::size_t n) {
     auto& b = budget();
     std::lock_guard lock(b.mutex);
@@ -124,7 +138,12 @@ void reserve_pool_threads(std::size_t n) {
         return;
     }
     std::size_t want = std::min(libuv_max_pool, std::max(libuv_default_pool, b.reserved + reserve_for_host_io));
-    if (want > env_pool_size()) ::setenv("UV_THREADPOOL_SIZE", std::to_string(want).c_str(), 1);
+    if (want <= env_pool_size()) return;
+    // setenv while another thread reads the environment (getenv in the
+    // host's threads, or libuv's) is a data race: change it only while this
+    // is the process's one thread, else say what to set.
+    if (single_threaded()) ::setenv("UV_THREADPOOL_SIZE", std::to_string(want).c_str(), 1);
+    else warn_small_pool(b, env_pool_size(), "uvexec changes the environment only while the process has one thread");
 }
 
 void release_pool_threads(std::size_t n) noexcept {
@@ -146,7 +165,6 @@ void note_pool_started() noexcept {
 // --- worker identity ---------------------------------------------------------
 
 thread_local const std::string* current_slot_name = nullptr;
-thread_local std::vector<std::uint64_t> initialized_executors;  // ids whose initializer ran on this thread
 
 std::atomic<std::uint64_t> executor_counter{0};
 
@@ -187,6 +205,9 @@ thread_pool_core::thread_pool_core(thread_pool_options opts)
         free_slots_[i] = i;
     }
     free_count_ = max_workers_;
+    // libuv's pool has at most libuv_max_pool threads: room for all of them
+    // now, so that a runner never allocates to note one.
+    if (initializer_) initialized_threads_.reserve(libuv_max_pool);
     add_spare_runners();
     reserve_pool_threads(max_workers_);
 }
@@ -230,7 +251,7 @@ void thread_pool_core::accept(loop_core& lp) {
     auto* p = new uv_prepare_t;
     if (int r = uv_prepare_init(lp.uv(), p); r != 0) {  // never fails in libuv 1.x; checked all the same
         delete p;
-        close_handle(reinterpret_cast<uv_handle_t*>(a), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+        close_handle(reinterpret_cast<uv_handle_t*>(a), [](uv_handle_t* h) noexcept { delete reinterpret_cast<uv_async_t*>(h); });
         throw uv_error(r, "uv_prepare_init");
     }
     a->data = this;
@@ -399,19 +420,22 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
     auto& r = *static_cast<pool_runner*>(req->data);
     auto& pool = *r.pool;  // mutable fields only under pool.mutex_
     current_slot_name = &pool.slot_names_[r.slot];
-    bool initialized = !pool.initializer_ || std::find(initialized_executors.begin(), initialized_executors.end(),
-                                                       pool.id_) != initialized_executors.end();
+    const auto self = std::this_thread::get_id();
+    bool initialized = !pool.initializer_;
+    bool newly_initialized = false;
     pool_item* it;
     {
         std::lock_guard lock(pool.mutex_);
+        if (!initialized)
+            initialized = std::find(pool.initialized_threads_.begin(), pool.initialized_threads_.end(), self) !=
+                          pool.initialized_threads_.end();
         it = pool.take_locked(r);
     }
     while (it != nullptr) {
         if (!initialized) {
             try {
                 pool.initializer_();
-                initialized_executors.push_back(pool.id_);
-                initialized = true;
+                initialized = newly_initialized = true;
             } catch (...) {
                 it->initializer_failed = true;
                 it->worker_exception = std::current_exception();
@@ -423,6 +447,7 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             std::lock_guard lock(pool.mutex_);
             --pool.running_count_;
             if (it->initializer_failed) pool.stopped_ = true;
+            if (std::exchange(newly_initialized, false)) pool.initialized_threads_.push_back(self);  // reserved
             // Wakeups coalesce: only the call that makes the done list
             // non-empty sends one; on_done takes the whole list.
             wake = pool.done_head_ == nullptr;
@@ -493,15 +518,18 @@ void thread_pool_core::finish(pool_item& it) noexcept {
     it.at = pool_item::where::nowhere;  // no runner touches it any more
     if (it.initializer_failed && !broken_) {
         broken_ = true;
-        fail_queued(false, std::make_exception_ptr(broken_executor_error(fmt::format(
-                               "uvexec: thread_pool_executor '{}' is broken: its initializer failed: {}", prefix_,
-                               describe(it.worker_exception)))));
+        fail_queued(false, error_ptr([&] {
+            return broken_executor_error(fmt::format("uvexec: thread_pool_executor '{}' is broken: its initializer failed: {}",
+                                                     prefix_, describe(it.worker_exception)));
+        }));
     }
     future_state_base* st = it.shared_state();
     if (it.initializer_failed) {
         if (!st->done())
-            st->set_exception(std::make_exception_ptr(broken_executor_error(fmt::format(
-                "uvexec: thread_pool_executor '{}' initializer failed: {}", prefix_, describe(it.worker_exception)))));
+            st->set_exception(error_ptr([&] {
+                return broken_executor_error(fmt::format("uvexec: thread_pool_executor '{}' initializer failed: {}",
+                                                         prefix_, describe(it.worker_exception)));
+            }));
     } else {
         it.ops->publish(&it);  // drops the result if the future was cancelled while running
     }
@@ -613,13 +641,13 @@ void thread_pool_core::settle() noexcept {
 void thread_pool_core::close_handles() noexcept {
     if (flush_ != nullptr) {
         close_handle(reinterpret_cast<uv_handle_t*>(flush_),
-                     [](uv_handle_t* h) { delete reinterpret_cast<uv_prepare_t*>(h); });
+                     [](uv_handle_t* h) noexcept { delete reinterpret_cast<uv_prepare_t*>(h); });
         flush_ = nullptr;
         flush_armed_ = false;
     }
     if (async_ != nullptr) {
         close_handle(reinterpret_cast<uv_handle_t*>(async_),
-                     [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+                     [](uv_handle_t* h) noexcept { delete reinterpret_cast<uv_async_t*>(h); });
         async_ = nullptr;
     }
 }

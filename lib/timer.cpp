@@ -17,7 +17,7 @@ timer::timer(uv_loop_t* uv) : h_(new handle) {
 timer::~timer() {
     uv_timer_stop(&h_->uv);
     close_handle(reinterpret_cast<uv_handle_t*>(&h_->uv),
-             [](uv_handle_t* h) { delete static_cast<handle*>(h->data); });
+             [](uv_handle_t* h) noexcept { delete static_cast<handle*>(h->data); });
 }
 
 void timer::start(std::uint64_t ms, callback cb, void* ctx) noexcept {

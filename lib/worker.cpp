@@ -90,20 +90,19 @@ void answer_error(int fd, std::string& out, frame_kind kind, std::uint64_t id, c
 }
 
 void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, std::string& result) {
-    if (f.payload.size() < 8) {
-        answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function key");
+    if (f.payload.size() < 16) {
+        answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function identity");
         return;
     }
-    std::uint64_t key = get_u64(f.payload.data());
     std::string why;
-    trampoline_fn fn = find_function(key, why);
+    trampoline_fn fn = find_function({get_u64(f.payload.data()), get_u64(f.payload.data() + 8)}, why);
     if (!fn) {
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", why);
         return;
     }
     result.clear();
     try {
-        fn(f.payload.substr(8), result);
+        fn(f.payload.substr(16), result);
     } catch (...) {
         auto [type, what] = describe_current();
         answer_error(fd, out, frame_kind::error, f.id, type, what);
@@ -122,7 +121,9 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, s
 
 void run_init(int fd, const frame& f, std::string& out) {
     std::string why;
-    trampoline_fn fn = f.payload.size() == 8 ? find_function(get_u64(f.payload.data()), why) : nullptr;
+    trampoline_fn fn = f.payload.size() == 16
+                           ? find_function({get_u64(f.payload.data()), get_u64(f.payload.data() + 8)}, why)
+                           : nullptr;
     if (!fn) {
         answer_error(fd, out, frame_kind::init_failed, 0, "uvexec::error",
                      why.empty() ? "a malformed initializer frame" : why);
@@ -174,8 +175,32 @@ void run_init(int fd, const frame& f, std::string& out) {
 
 }  // namespace
 
+namespace {
+/// True when this process's argv[1] is the worker flag: it was started as a
+/// worker. Read from /proc, so it needs neither argv nor the environment
+/// (which a launcher such as ssh does not forward, and which other threads
+/// may be reading: uvexec never changes it).
+bool started_as_worker() noexcept {
+    int fd = ::open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char buf[512];
+    std::size_t n = 0;
+    for (;;) {
+        ssize_t r = ::read(fd, buf + n, sizeof(buf) - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        n += static_cast<std::size_t>(r);
+        if (n == sizeof(buf) - 1) break;
+    }
+    ::close(fd);
+    buf[n] = '\0';
+    std::size_t first = std::strlen(buf);  // argv[0], then its NUL
+    return first + 1 < n && std::strcmp(buf + first + 1, worker_flag) == 0;
+}
+}  // namespace
+
 void refuse_unserved_worker() {
-    if (in_worker || std::getenv(worker_env_var) == nullptr) return;
+    if (in_worker || !started_as_worker()) return;
     std::fprintf(stderr,
                  "uvexec: this process was started as a process-pool worker, but its main() did not call "
                  "uvexec::worker_main(argc, argv) before using uvexec; exiting with status %d so that it "
@@ -198,7 +223,6 @@ void worker_main(int argc, char** argv) {
     worker_name = argv[3];
     long parent = std::strtol(argv[4], nullptr, 10);
     in_worker = true;
-    ::unsetenv(worker_env_var);  // our own children are not workers
 
 #ifdef __linux__
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);

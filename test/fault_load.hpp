@@ -105,7 +105,7 @@ inline uvexec::task<void> one(uvexec::loop& lp, uvexec::process_pool_executor& e
         if (a.id != id || a.value != expected(id)) o.wrong = true;
         st.served.insert(a.pid);
         st.seen.insert(a.pid);
-    } catch (const uvexec::worker_died& e) {
+    } catch (const uvexec::worker_died_error& e) {
         ++o.answers;
         o.failed_pid = e.pid();
         o.failed_signal = e.term_signal();
@@ -227,7 +227,7 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed) {
     }
     for (auto& [pid, sigs] : st.killed) CHECK(reaped(pid));
     CHECK(open_fds() == fds_before);
-    MESSAGE(rep.tasks, " calls, ", rep.kills, " kills, ", rep.failures, " failed with worker_died (", rep.self_exits,
+    MESSAGE(rep.tasks, " calls, ", rep.kills, " kills, ", rep.failures, " failed with worker_died_error (", rep.self_exits,
             " of them self-exits), ", st.seen.size(), " workers");
     return rep;
 }

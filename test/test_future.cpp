@@ -218,4 +218,36 @@ TEST_CASE("a coroutine destroyed while awaiting a future unhooks itself") {
     CHECK_THROWS_AS(p->set_value(1), uvexec::loop_closed_error);
 }
 
+TEST_CASE("a done-callback of a promise abandoned after its loop closed is freed, not leaked") {
+    auto lp = std::make_unique<uvexec::loop>();
+    auto p = std::make_unique<promise<int>>(*lp);
+    auto token = std::make_shared<int>(0);
+    p->get_future().add_done_callback([token](future<int>) { FAIL("fired after the loop closed"); });
+    CHECK(token.use_count() == 2);
+    lp.reset();
+    p.reset();  // abandons the promise: its loop is gone, so nothing can fire
+    CHECK(token.use_count() == 1);
+}
+
+TEST_CASE("an empty future (default-constructed or moved from) is invalid_state_error, not a crash") {
+    uvexec::loop lp;
+    future<int> empty;
+    CHECK_FALSE(empty.valid());
+    CHECK_THROWS_AS((void)empty.done(), uvexec::invalid_state_error);
+    CHECK_THROWS_AS((void)empty.cancelled(), uvexec::invalid_state_error);
+    CHECK_THROWS_AS((void)empty.cancel(), uvexec::invalid_state_error);
+    CHECK_THROWS_AS((void)empty.result(), uvexec::invalid_state_error);
+    CHECK_THROWS_AS((void)empty.exception(), uvexec::invalid_state_error);
+    CHECK_THROWS_AS(empty.add_done_callback([](future<int>) {}), uvexec::invalid_state_error);
+    promise<int> p(lp);
+    future<int> f = p.get_future();
+    future<int> g = std::move(f);
+    auto await_it = [](future<int>& f) -> task<int> { co_return co_await f; };
+    CHECK_THROWS_AS(lp.run_until_complete(await_it(f)), uvexec::invalid_state_error);
+    auto await_moved = [](future<int>& f) -> task<int> { co_return co_await std::move(f); };
+    CHECK_THROWS_AS(lp.run_until_complete(await_moved(f)), uvexec::invalid_state_error);
+    p.set_value(4);
+    CHECK(g.result() == 4);
+}
+
 }  // TEST_SUITE

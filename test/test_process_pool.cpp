@@ -335,7 +335,7 @@ TEST_CASE("a worker that dies fails only the call it was running; the pool repla
         try {
             victim[0].result();
             FAIL("the call did not fail");
-        } catch (const uvexec::worker_died& e) {
+        } catch (const uvexec::worker_died_error& e) {
             CHECK(e.term_signal() == fl.signal);
             if (fl.signal == 0) CHECK(e.exit_status() == fl.status);
             CHECK(e.pid() > 0);
@@ -451,7 +451,7 @@ TEST_CASE("a worker that dies before its hello is replaced, and its calls run on
                                            flag}}};
     std::vector<future<int>> fs;
     for (int i = 0; i < 3; ++i) fs.push_back(lp.run_in_executor(ex, fn<&remote::square>, i + 2));
-    // None of them had started: they are not worker_died, they simply run.
+    // None of them had started: they are not worker_died_error, they simply run.
     CHECK(lp.run_until_complete(uvexec::gather(std::move(fs))) == std::vector<int>{4, 9, 16});
     CHECK(std::ifstream(flag).good());
     lp.run_until_complete(ex.shutdown());
@@ -529,7 +529,7 @@ TEST_CASE("a call cancelled while it waited inside a worker that then dies never
     CHECK(ex.queued() == 0);  // both were sent to the one worker
     CHECK(behind.cancel());
     settle(lp, std::vector{dying});
-    CHECK_THROWS_AS(dying.result(), uvexec::worker_died);
+    CHECK_THROWS_AS(dying.result(), uvexec::worker_died_error);
     // The replacement serves new calls, and the cancelled one was not sent again.
     CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&remote::square>, 5)) == 25);
     lp.run_until_complete(ex.shutdown());
@@ -607,7 +607,7 @@ TEST_CASE("a worker starts with default signal dispositions, nothing blocked and
     CHECK(s.stdin_target == "/dev/null");
 }
 
-TEST_CASE("a worker reaped behind the pool's back still fails its call with worker_died, and the pool carries on") {
+TEST_CASE("a worker reaped behind the pool's back still fails its call with worker_died_error, and the pool carries on") {
     // Only a waitpid() in the host can do this (README, Signals warns against
     // it); the pool must still notice the death rather than wait forever.
     uvexec::loop lp;
@@ -621,7 +621,7 @@ TEST_CASE("a worker reaped behind the pool's back still fails its call with work
     try {
         f.result();
         FAIL("the call did not fail");
-    } catch (const uvexec::worker_died& e) {
+    } catch (const uvexec::worker_died_error& e) {
         CHECK(e.pid() == pid);
         CHECK(e.term_signal() == 0);
         CHECK(e.exit_status() == -1);

@@ -165,17 +165,57 @@ TEST_CASE("an exception thrown by the work reaches the awaiter intact") {
     CHECK_THROWS_AS(f.result(), int);
 }
 
-TEST_CASE("arguments and results are moved, never copied; move-only ones work") {
+namespace forwarding {
+int take(std::unique_ptr<int> p) { return *p; }
+std::size_t by_value(std::string s) { return s.size(); }
+/// A result with neither a default constructor nor a copy.
+struct only_built {
+    explicit only_built(int v) : value(v) {}
+    only_built(only_built&&) = default;
+    only_built(const only_built&) = delete;
+    int value;
+};
+}  // namespace forwarding
+
+TEST_CASE("arguments are stored once and passed as rvalues once: by-value parameters are moved, never copied") {
     counted::reset();
     uvexec::loop lp;
     thread_pool_executor ex{{.max_workers = 1}};
-    auto r = lp.run_until_complete(lp.run_in_executor(ex, [](counted& c) { return counted(c.value * 2); }, counted(21)));
+    auto r = lp.run_until_complete(lp.run_in_executor(ex, [](counted c) { return counted(c.value * 2); }, counted(21)));
     CHECK(r.value == 42);
     CHECK(counted::copies == 0);
+    // From an lvalue: one copy into the call (the caller keeps its own), then moves only.
+    counted::reset();
+    counted mine(5);
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, [](counted c) { return c.value; }, mine)) == 5);
+    CHECK(counted::copies == 1);
+    // An rvalue-reference parameter binds to the stored argument.
+    counted::reset();
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, [](counted&& c) { return c.value; }, counted(8))) == 8);
+    CHECK(counted::copies == 0);
+    // A std::string by value is moved into the function: its buffer is the one the caller made.
+    std::string big(1000, 'x');
+    const char* buffer = big.data();
+    auto same = lp.run_until_complete(lp.run_in_executor(
+        ex, [buffer](std::string s) { return s.data() == buffer && s.size() == 1000; }, std::move(big)));
+    CHECK(same);
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, forwarding::by_value, std::string(7, 'y'))) == 7);
+}
 
+TEST_CASE("move-only arguments and results work, and results need no default constructor") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, forwarding::take, std::make_unique<int>(7))) == 7);
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, uvexec::fn<&forwarding::take>, std::make_unique<int>(8))) == 8);
     auto p = lp.run_until_complete(lp.run_in_executor(
-        ex, [](std::unique_ptr<int>& q) { return std::make_unique<int>(*q + 1); }, std::make_unique<int>(1)));
+        ex, [](std::unique_ptr<int> q) { return std::make_unique<int>(*q + 1); }, std::make_unique<int>(1)));
     CHECK(*p == 2);
+    auto f = lp.run_in_executor(ex, [] { return forwarding::only_built(3); });
+    auto take_it = [](future<forwarding::only_built> f) -> uvexec::task<int> {
+        forwarding::only_built v = co_await std::move(f);
+        co_return v.value;
+    };
+    CHECK(lp.run_until_complete(take_it(f)) == 3);
 }
 
 TEST_CASE("cancelling queued work removes it: it never runs") {
@@ -257,7 +297,7 @@ TEST_CASE("a dropped future's work still runs to completion safely") {
     thread_pool_executor ex{{.max_workers = 2}};
     std::atomic<int> done{0};
     for (int i = 0; i < 10; ++i) {
-        (void)lp.run_in_executor(ex, [&](counted& c) {
+        (void)lp.run_in_executor(ex, [&](counted c) {
             ++done;
             return c;
         }, counted(i));

@@ -6,7 +6,9 @@
 // tuple, pair, chrono durations and bitset work out of the box (their cereal
 // headers are included here); a type of your own needs a cereal `serialize`
 // (or save/load) function. A type that has none is a compile-time error that
-// names it (see uvexec::serializable).
+// names it (see uvexec::serializable). Both sides rebuild a value by
+// default-constructing it and loading it; a type without a default
+// constructor crosses as a std::unique_ptr<T> with cereal's load_and_construct.
 #pragma once
 
 #include <cstddef>
@@ -27,6 +29,7 @@
 #include <cereal/types/deque.hpp>
 #include <cereal/types/list.hpp>
 #include <cereal/types/map.hpp>
+#include <cereal/types/memory.hpp>
 #include <cereal/types/optional.hpp>
 #include <cereal/types/set.hpp>
 #include <cereal/types/string.hpp>
@@ -118,6 +121,19 @@ template <class T>
 inline constexpr bool serializable_v =
     std::is_void_v<T> || (cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value &&
                           cereal::traits::is_input_serializable<T, detail::bounded_input_archive>::value);
+
+/// Fails to compile, naming T, when T cannot be rebuilt on the other side: a
+/// worker (for an argument) or the parent (for a result) default-constructs
+/// it, then loads it.
+template <class T>
+struct require_default_constructible {
+    static_assert(std::is_void_v<T> || std::is_default_constructible_v<T>,
+                  "uvexec: a process-pool call's arguments and result are rebuilt on the other side by "
+                  "default-constructing them and loading them with cereal, so this type needs a public default "
+                  "constructor. For a type without one, send a std::unique_ptr<T> and give T cereal's "
+                  "load_and_construct. The type is the T of require_default_constructible<T> in this message.");
+    static constexpr bool value = true;
+};
 
 /// Fails to compile, naming T, when T cannot cross to a worker process.
 template <class T>

@@ -105,9 +105,9 @@ private:
 /// The worker process running a call died (signal, exit, or a corrupt
 /// message on its channel) before answering. Only that call fails; the pool
 /// replaces the worker. Python: BrokenProcessPool (which breaks the whole pool).
-class worker_died : public error {
+class worker_died_error : public error {
 public:
-    worker_died(const std::string& what, int pid, int exit_status, int term_signal)
+    worker_died_error(const std::string& what, int pid, int exit_status, int term_signal)
         : error(what), pid_(pid), exit_status_(exit_status), term_signal_(term_signal) {}
     int pid() const noexcept { return pid_; }
     /// The exit status, when the worker exited (term_signal() == 0); -1 when
@@ -120,8 +120,19 @@ private:
     int pid_, exit_status_, term_signal_;
 };
 
+/// The name this error had before 0.2.
+using worker_died [[deprecated("uvexec::worker_died is now uvexec::worker_died_error")]] = worker_died_error;
+
 /// A call's arguments or result do not fit in one frame (max_frame_size).
 class message_too_large_error : public error {
+public:
+    using error::error;
+};
+
+/// A process-pool call names a function that its workers cannot tell apart
+/// from another of the same qualified name and type (see fn.hpp); thrown by
+/// submit, so no call can run the wrong function.
+class ambiguous_function_error : public error {
 public:
     using error::error;
 };

@@ -5,10 +5,15 @@
 //
 // On a thread pool fn<&f> is just a callable. On a process pool it is what
 // lets a worker process run f: instantiating fn<&f> registers a trampoline
-// under a key computed from f's qualified name and type at static
-// initialisation, so the same executable (or a worker executable that names
-// the same function) finds the same key. A worker that receives an unknown
-// key replies with an error; it never jumps to an address it was sent.
+// at static initialisation under a key computed from f's qualified name and
+// type, so a worker executable that names the same function finds it. Two
+// functions the key cannot tell apart (file-local `static int scale(int)` in
+// two translation units, or the same name in two anonymous namespaces) are
+// told apart by their offset in their module, which is the same in a worker
+// that is this executable; a dedicated worker executable can match names
+// only, so such a call is refused at submit with ambiguous_function_error. A
+// worker that cannot find the function replies with an error; it never jumps
+// to an address it was sent.
 #pragma once
 
 #include <cstdint>
@@ -29,15 +34,26 @@ namespace detail {
 /// Runs a registered function: decodes the arguments, calls, encodes the result.
 using trampoline_fn = void (*)(std::string_view args, std::string& result);
 
-/// Registers key -> (name, trampoline); returns key. If two functions hash to
-/// the same key, looking the key up fails with an error naming both.
-std::uint64_t register_function(std::uint64_t key, std::string_view name, trampoline_fn fn) noexcept;
+/// Any function's address, for identity only (never called as this type).
+using any_function = void (*)();
 
-/// The trampoline for key, or null; name_out gets a diagnostic when null.
-trampoline_fn find_function(std::uint64_t key, std::string& why_not);
+/// What a call frame names a function by: its key (name and type) and, where
+/// functions share a key, its offset in its module (0 when unknown).
+struct function_identity {
+    std::uint64_t key = 0;
+    std::uint64_t offset = 0;
+    bool ambiguous = false;  // another function of this program has the same key
+};
 
-/// The registered name of key ("" if unknown).
-std::string function_name(std::uint64_t key);
+/// Registers fn (whose trampoline is t) under key at static initialisation; returns key.
+std::uint64_t register_function(std::uint64_t key, std::string_view name, any_function fn, trampoline_fn t) noexcept;
+
+/// The identity of the registered function fn.
+function_identity identify(std::uint64_t key, any_function fn) noexcept;
+
+/// In a worker: the trampoline of the function a call names, or null with
+/// why_not saying why (unknown, or ambiguous here).
+trampoline_fn find_function(const function_identity& id, std::string& why_not);
 
 constexpr std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 14695981039346656037ull) noexcept {
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
@@ -83,6 +99,11 @@ struct fn_t {
 
     /// The key under which worker processes find F.
     static std::uint64_t key() noexcept { return registered; }
+    /// How a call names F to a worker process (computed once).
+    static const detail::function_identity& identity() noexcept {
+        static const detail::function_identity id = detail::identify(key(), reinterpret_cast<detail::any_function>(F));
+        return id;
+    }
     static std::string_view name() noexcept { return detail::pretty_name<F>(); }
 
 private:
@@ -103,7 +124,7 @@ private:
 
     static inline const std::uint64_t registered = detail::register_function(
         detail::fnv1a(typeid(decltype(F)).name(), detail::fnv1a(detail::pretty_name<F>())), detail::pretty_name<F>(),
-        &fn_t::trampoline);
+        reinterpret_cast<detail::any_function>(F), &fn_t::trampoline);
 };
 
 /// A function named at compile time: `uvexec::fn<&blocks>`. See this header's comment.

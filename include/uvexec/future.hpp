@@ -29,8 +29,9 @@ future<T> make_future(state_ptr<future_state<T>> s) noexcept;
 template <class T>
 struct callback_waiter final : waiter {
     explicit callback_waiter(std::function<void(future<T>)> f)
-        : waiter(&callback_waiter::on_fire), fn(std::move(f)) {}
+        : waiter(&callback_waiter::on_fire, &callback_waiter::on_drop), fn(std::move(f)) {}
     static void on_fire(waiter* w, future_state_base& s) noexcept;
+    static void on_drop(waiter* w) noexcept { delete static_cast<callback_waiter*>(w); }
     std::function<void(future<T>)> fn;
 };
 }  // namespace detail
@@ -49,27 +50,29 @@ public:
     future() noexcept = default;
 
     bool valid() const noexcept { return bool(state_); }
-    /// Python: Future.done() — a value, an exception, or cancelled.
-    bool done() const noexcept { return state_->done(); }
+    /// Python: Future.done() — a value, an exception, or cancelled. Every
+    /// member but valid() throws invalid_state_error on an empty future
+    /// (default-constructed or moved from).
+    bool done() const { return checked().done(); }
     /// Python: Future.cancelled().
-    bool cancelled() const noexcept { return state_->state() == detail::status::cancelled; }
+    bool cancelled() const { return checked().state() == detail::status::cancelled; }
     /// Python: Future.cancel(). Work not yet started is dropped; work already
     /// running finishes, but whoever awaits this future gets cancelled_error at
     /// once. Returns false if the future was already done.
-    bool cancel() noexcept { return state_->cancel(); }
+    bool cancel() { return checked().cancel(); }
 
     /// Python: Future.result(). Throws the work's exception, cancelled_error,
     /// or invalid_state_error while pending.
-    decltype(auto) result() const& { return state_->value(); }
+    decltype(auto) result() const& { return checked().value(); }
     /// Moves the value out (for move-only T); other copies of this future see
     /// a moved-from value afterwards.
     decltype(auto) result() && {
-        if constexpr (std::is_void_v<T>) return state_->value();
-        else return T(std::move(state_->value()));
+        if constexpr (std::is_void_v<T>) return checked().value();
+        else return T(std::move(checked().value()));
     }
 
     /// Python: Future.exception(): null if the future holds a value.
-    std::exception_ptr exception() const { return state_->exception(); }
+    std::exception_ptr exception() const { return checked().exception(); }
 
     /// Python: Future.add_done_callback(). fn(future) runs on the loop thread
     /// once the future is done (at once if it already is), also when cancelled.
@@ -107,13 +110,18 @@ public:
     };
 
     /// co_await f      → T& (the shared value), or throws.
-    awaiter<false> operator co_await() & noexcept { return awaiter<false>{state_.get()}; }
+    awaiter<false> operator co_await() & { return awaiter<false>{&checked()}; }
     /// co_await std::move(f) → T (moved out), or throws.
-    awaiter<true> operator co_await() && noexcept { return awaiter<true>{state_.get()}; }
+    awaiter<true> operator co_await() && { return awaiter<true>{&checked()}; }
 
     friend bool operator==(const future& a, const future& b) noexcept { return a.state_.get() == b.state_.get(); }
 
 private:
+    state_type& checked() const {
+        if (!state_) throw invalid_state_error("uvexec: use of an empty future (default-constructed or moved from)");
+        return *state_;
+    }
+
     template <class U>
     friend future<U> detail::make_future(detail::state_ptr<detail::future_state<U>>) noexcept;
     explicit future(detail::state_ptr<state_type> s) noexcept : state_(std::move(s)) {}

@@ -54,11 +54,11 @@ void expose() noexcept {
 struct remote_function {
     template <auto F>
     remote_function(fn_t<F>) noexcept  // NOLINT(google-explicit-constructor): fn<&f> reads as a function
-        : key(fn_t<F>::key()), name(fn_t<F>::name()) {
+        : id(fn_t<F>::identity()), name(fn_t<F>::name()) {
         static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 0,
                       "uvexec: a process-pool initializer takes no arguments");
     }
-    std::uint64_t key;
+    detail::function_identity id;
     std::string_view name;
 };
 
@@ -125,6 +125,9 @@ public:
     explicit process_pool_core(process_pool_options opts);
 
     void accept(loop_core& lp);
+    /// Throws ambiguous_function_error when this pool's workers cannot tell
+    /// the function apart from another of the same key (see fn.hpp).
+    void check_identity(const function_identity& id, std::string_view name) const;
     std::size_t max_frame_size() const noexcept { return opts_.max_frame_size; }
     /// Takes one reference to call.state.
     void submit(process_call& call) noexcept;
@@ -142,17 +145,25 @@ public:
     void on_loop_closed() noexcept override;
 
     // Used by the worker bookkeeping in process_pool_executor.cpp.
-    void on_worker_gone(worker_process& w) noexcept;
     void on_call_done(worker_process& w) noexcept;
     void break_pool(const std::string& why) noexcept;
     void requeue_front(process_call& call) noexcept;
+    /// Takes over the pool's reference to a call whose future was resolved
+    /// (or that ends unanswered): notify_ready() runs its waiters later.
+    void ready(process_call& call) noexcept;
+    /// Runs the waiters of the ready calls, once the pool's state is
+    /// consistent; every entry point from libuv or the user ends with it.
+    void notify_ready() noexcept;
     void settle() noexcept;
+    /// The worker has exited: it leaves its slot before anything else happens.
+    void forget(worker_process& w) noexcept;
 
     process_pool_options opts_;
     std::size_t max_workers_;
     std::string prefix_;
     std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
     std::vector<std::string> spawn_env_;
+    bool names_only_ = false;             // the workers are another executable: only names match
     loop_core* loop_ = nullptr;
     std::vector<worker_process*> slots_;  // by slot; null when free
     std::size_t live_workers_ = 0;
@@ -160,11 +171,15 @@ public:
     process_call* queue_head_ = nullptr;
     process_call* queue_tail_ = nullptr;
     std::size_t queued_count_ = 0;
+    process_call* ready_head_ = nullptr;  // resolved calls whose waiters have not run yet
+    process_call* ready_tail_ = nullptr;
+    std::size_t ready_count_ = 0;
     std::uint64_t next_id_ = 1;
     std::size_t busy_ = 0;
     bool shut_down_ = false;
     bool broken_ = false;
     bool orphaned_ = false;
+    bool notifying_ = false;
     std::string broken_why_;
     std::vector<future_state<void>*> shutdown_waiters_;
     std::exception_ptr spawn_error_;
@@ -177,11 +192,14 @@ public:
     static constexpr std::size_t max_failed_starts = 3;
 
     void retire(worker_process& w) noexcept;
+    /// Sends queued calls to workers, starting workers as needed.
+    void pump() noexcept;
 
 private:
     ~process_pool_core();
-    void pump() noexcept;
-    worker_process* spawn_worker(std::size_t slot) noexcept;
+    /// Starts a worker in slot; null (spawn_error_ says why) if it fails,
+    /// throws (std::bad_alloc) only before anything is opened.
+    worker_process* spawn_worker(std::size_t slot);
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
 };
 
@@ -196,20 +214,22 @@ public:
     process_call& call() noexcept { return call_; }
 
 private:
+    /// Resolves the future with the result's bytes (waiters run later, see
+    /// process_pool_core::ready). A result that cannot be decoded is its error.
     static void deliver(process_call* c, std::string_view bytes) noexcept {
         auto& self = *static_cast<process_item*>(c->state);
         if (self.done()) return;  // cancelled meanwhile: the result is dropped
         try {
             if constexpr (std::is_void_v<R>) {
                 decode_from(bytes);
-                self.set_value();
             } else {
                 R r{};
                 decode_from(bytes, r);
-                self.set_value(std::move(r));
+                self.emplace(std::move(r));
             }
+            self.resolve_value();
         } catch (...) {
-            if (!self.done()) self.set_exception(std::current_exception());
+            self.resolve_exception(std::current_exception());
         }
     }
     void on_cancel() noexcept override { call_.pool->cancel(call_); }
@@ -246,13 +266,16 @@ public:
         static_assert(sizeof...(A) == std::tuple_size_v<args_tuple>,
                       "uvexec: wrong number of arguments for this function");
         check_serializable<R>(static_cast<args_tuple*>(nullptr));
+        const detail::function_identity& id = fn_t<F>::identity();
+        core_->check_identity(id, fn_t<F>::name());
         core_->accept(lp.core());
 
         auto* item = new detail::process_item<R>(&lp.core(), core_);
         auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
         std::string& frame = item->call().frame;
         detail::append_frame_header(frame, detail::frame_kind::call, 0, 0);  // length and id patched later
-        detail::put_u64(frame, fn_t<F>::key());
+        detail::put_u64(frame, id.key);
+        detail::put_u64(frame, id.offset);
         {
             args_tuple converted(std::forward<A>(args)...);
             std::apply([&](const auto&... a) { detail::encode_into(frame, a...); }, converted);
@@ -292,6 +315,8 @@ private:
     template <class R, class... Args>
     static void check_serializable(std::tuple<Args...>*) {
         static_assert((require_serializable<Args>::value && ...) && require_serializable<R>::value);
+        static_assert((require_default_constructible<Args>::value && ...) &&
+                      require_default_constructible<R>::value);
     }
 
     detail::process_pool_core* core_;

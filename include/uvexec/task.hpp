@@ -110,9 +110,6 @@ public:
         return awaiter{h_};
     }
 
-    /// Gives up ownership of the frame (internal; loop::spawn uses it).
-    handle_type release() noexcept { return std::exchange(h_, {}); }
-
 private:
     handle_type h_;
 };

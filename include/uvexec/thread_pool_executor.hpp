@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -164,6 +165,7 @@ private:
     std::size_t running_count_ = 0;
     std::size_t active_runners_ = 0;     // runners that may still take calls (<= max_workers_)
     bool stopped_ = false;               // the initializer failed: runners take no more calls
+    std::vector<std::thread::id> initialized_threads_;  // libuv threads that ran the initializer (reserved)
     std::vector<std::uint32_t> free_slots_;  // ring buffer of the slots no active runner holds
     std::size_t free_head_ = 0, free_count_ = 0;
 
@@ -234,7 +236,7 @@ private:
 };
 
 template <class F, class... A>
-using call_result_t = std::decay_t<std::invoke_result_t<std::decay_t<F>&, std::decay_t<A>&...>>;
+using call_result_t = std::decay_t<std::invoke_result_t<std::decay_t<F>, std::decay_t<A>...>>;
 
 }  // namespace detail
 
@@ -252,15 +254,19 @@ public:
     thread_pool_executor& operator=(const thread_pool_executor&) = delete;
 
     /// Python: executor.submit(fn, *args) from a coroutine on lp. fn and the
-    /// arguments are moved into the call; fn runs on a pool thread. Throws
+    /// arguments are moved (or copied, from lvalues) into the call once, and
+    /// fn runs on a pool thread given them as rvalues, as std::async does:
+    /// move-only arguments and results work. Throws
     /// executor_shutdown_error after shutdown, broken_executor_error when the
     /// initializer failed, invalid_state_error if the executor is bound to
     /// another loop.
     template <class F, class... A>
     future<detail::call_result_t<F, A...>> submit(loop& lp, F&& fn, A&&... args) {
         using R = detail::call_result_t<F, A...>;
+        // Stored once, then handed to fn as rvalues exactly once (std::async's
+        // rule): move-only arguments work and nothing is copied.
         auto call = [f = std::forward<F>(fn), ... a = std::forward<A>(args)]() mutable -> R {
-            return std::invoke(f, a...);
+            return std::invoke(std::move(f), std::move(a)...);
         };
         using item_t = detail::thread_item<R, decltype(call)>;
         core_->accept(lp.core());

@@ -16,16 +16,16 @@
 namespace uvexec::detail {
 
 /// Protocol version; a worker built from other uvexec sources says so in HELLO.
-inline constexpr std::uint32_t protocol_version = 1;
+inline constexpr std::uint32_t protocol_version = 2;
 
 enum class frame_kind : std::uint8_t {
     // parent -> worker
-    call = 1,  // id = task id; payload = u64 function key, then the arguments' archive
-    init = 2,  // id = 0; payload = u64 function key of the initializer
+    call = 1,  // id = task id; payload = u64 function key, u64 module offset (fn.hpp), the arguments' archive
+    init = 2,  // id = 0; payload = u64 function key and u64 module offset of the initializer
     // worker -> parent
     hello = 16,        // id = worker pid; payload = u32 protocol version
     result = 17,       // id = task id; payload = the result's archive
-    error = 18,        // id = task id; payload = remote error (see encode_remote_error)
+    error = 18,        // id = task id; payload = the archive of (type name, what()) of the exception
     init_failed = 19,  // id = 0; payload = remote error
 };
 
@@ -42,6 +42,8 @@ void append_frame(std::string& out, frame_kind kind, std::uint64_t id, std::stri
 /// Appends the header of a frame whose payload (payload_size bytes) the
 /// caller appends next.
 void append_frame_header(std::string& out, frame_kind kind, std::uint64_t id, std::size_t payload_size);
+/// Writes the same header into out[0 .. frame_header_size).
+void put_frame_header(char* out, frame_kind kind, std::uint64_t id, std::size_t payload_size) noexcept;
 
 void put_u64(std::string& out, std::uint64_t v);
 std::uint64_t get_u64(const char* p) noexcept;
@@ -76,9 +78,5 @@ private:
     bool corrupt_ = false;
     std::string error_;
 };
-
-/// A frame kind the receiver understands, by direction.
-bool is_parent_to_worker(frame_kind k) noexcept;
-bool is_worker_to_parent(frame_kind k) noexcept;
 
 }  // namespace uvexec::detail

@@ -33,8 +33,11 @@ void report_callback_exception(std::exception_ptr e) noexcept;
 /// callback) and unlinks itself if its owner goes away first.
 struct waiter {
     using fire_fn = void (*)(waiter* self, future_state_base& state) noexcept;
+    using drop_fn = void (*)(waiter* self) noexcept;
 
-    explicit waiter(fire_fn f) noexcept : fire(f) {}
+    /// drop, if given, frees a waiter that owns itself (a heap callback) when
+    /// its future goes away without completing (its loop closed first).
+    explicit waiter(fire_fn f, drop_fn d = nullptr) noexcept : fire(f), drop(d) {}
     waiter(const waiter&) = delete;
     waiter& operator=(const waiter&) = delete;
     ~waiter();
@@ -43,6 +46,7 @@ struct waiter {
     void unlink() noexcept;
 
     fire_fn fire;
+    drop_fn drop;
     future_state_base* owner = nullptr;
     waiter* prev = nullptr;
     waiter* next = nullptr;
@@ -87,6 +91,28 @@ public:
         notify();
     }
 
+    // Executors complete a future in two steps. Completing runs its waiters
+    // (resumed coroutines, done-callbacks), which may call back into the
+    // executor: submit, cancel, shut down, destroy it. So an executor whose
+    // own state is mid-update only resolves (the future is done from then on,
+    // nothing runs) and calls notify_waiters() once its state is consistent.
+
+    /// Resolves a pending future with e; a no-op if it is already done.
+    void resolve_exception(std::exception_ptr e) noexcept {
+        if (done()) return;
+        exception_ = std::move(e);
+        status_ = status::exception;
+    }
+    /// Resolves a pending future as cancelled (telling its producer, as
+    /// cancel() does); a no-op if it is already done.
+    void resolve_cancelled() noexcept {
+        if (done()) return;
+        status_ = status::cancelled;
+        on_cancel();
+    }
+    /// Runs the waiters of a resolved future.
+    void notify_waiters() noexcept { notify(); }
+
     /// Throws the stored exception, cancelled_error, or invalid_state_error.
     void rethrow_if_not_value() const {
         switch (status_) {
@@ -122,7 +148,14 @@ public:
     }
 
 protected:
-    virtual ~future_state_base() = default;
+    /// A future that never completed may still hold self-owned waiters
+    /// (add_done_callback): they are freed, not fired.
+    virtual ~future_state_base() {
+        while (waiter* w = head_) {
+            unlink(*w);
+            if (w->drop) w->drop(w);
+        }
+    }
 
     /// Called once, on the loop thread, when a pending future is cancelled.
     virtual void on_cancel() noexcept {}
@@ -178,7 +211,6 @@ public:
         ::new (static_cast<void*>(&storage_)) T(std::forward<A>(a)...);
         has_value_ = true;
     }
-    bool has_stored_value() const noexcept { return has_value_; }
 
     /// Completes with the emplaced value, unless the future was cancelled
     /// meanwhile (then the value is simply destroyed with the state).
@@ -186,6 +218,10 @@ public:
         if (done()) return;
         status_ = status::value;
         notify();
+    }
+    /// publish_value() without running the waiters (see resolve_exception).
+    void resolve_value() noexcept {
+        if (!done()) status_ = status::value;
     }
 
     T& value() & {
@@ -217,6 +253,9 @@ public:
         if (done()) return;
         status_ = status::value;
         notify();
+    }
+    void resolve_value() noexcept {
+        if (!done()) status_ = status::value;
     }
     void value() { rethrow_if_not_value(); }
 };

@@ -8,8 +8,6 @@ namespace uvexec::detail {
 /// argv[1] of a worker process; the rest: max frame size, worker name,
 /// parent pid (0 if unknown), channel ("3", or "stdio" for stdin+stdout).
 inline constexpr const char* worker_flag = "--uvexec-worker";
-/// Set in a worker's environment so a main() that forgot worker_main can be caught.
-inline constexpr const char* worker_env_var = "UVEXEC_WORKER";
 /// The worker's end of its channel.
 inline constexpr int channel_fd = 3;
 /// Exit status of a worker whose main() used uvexec without calling worker_main.
