@@ -47,6 +47,23 @@ int nap_or_die(int i, int attempt) {
 }
 void kill9() { ::kill(::getpid(), SIGKILL); }
 std::string bytes(std::size_t n) { return std::string(n, 'z'); }
+/// A type without a default constructor: it crosses inside a unique_ptr,
+/// rebuilt by cereal's load_and_construct.
+struct sized {
+    explicit sized(int n) : n(n) {}
+    int n;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(n);
+    }
+    template <class Archive>
+    static void load_and_construct(Archive& ar, cereal::construct<sized>& construct) {
+        int n = 0;
+        ar(n);
+        construct(n);
+    }
+};
+std::unique_ptr<sized> doubled(std::unique_ptr<sized> s) { return std::make_unique<sized>(s->n * 2); }
 void garbage() {
     const char junk[] = "\xff\xff\xff\x7fthis is not a frame";
     (void)!::write(3, junk, sizeof(junk));
@@ -182,6 +199,18 @@ TEST_CASE("a call its worker never started runs elsewhere when that worker dies;
     int other = lp.run_until_complete(second);
     CHECK(other != first);
     CHECK(lp.run_until_complete(third) == 36);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("move-only arguments and results cross; a type without a default constructor crosses in a unique_ptr") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    auto f = lp.run_in_executor(ex, fn<&work::doubled>, std::make_unique<work::sized>(21));
+    auto take = [](future<std::unique_ptr<work::sized>> f) -> task<int> {
+        std::unique_ptr<work::sized> r = co_await std::move(f);
+        co_return r->n;
+    };
+    CHECK(lp.run_until_complete(take(f)) == 42);
     lp.run_until_complete(ex.shutdown());
 }
 
