@@ -143,7 +143,11 @@ void loop_core::close() noexcept {
     while (spawned_) spawned_->frame.destroy();
 
     // (2) Executors drop queued work and ask libuv to cancel what has not started.
-    for (auto* c = clients_; c; c = c->next_) c->on_loop_closing();
+    // (next_ is read first: a client may detach itself inside its callback.)
+    for (loop_client *c = clients_, *next = nullptr; c; c = next) {
+        next = c->next_;
+        c->on_loop_closing();
+    }
 
     // The inbox refuses new posts from here on; what is in it is dropped.
     std::vector<unique_function> dropped;

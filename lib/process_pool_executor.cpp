@@ -154,7 +154,7 @@ void kill_worker(worker_process& w, Fault&& fault) noexcept {
     hold_loop(w, true);  // its exit is due
     // Safe from pid reuse: only this worker's child_watch reaps it, and it
     // has not (w.exited is false), so the pid is still this worker's, even as
-    // a zombie (unless a waitpid(-1) in the host took it: README, Signals).
+    // a zombie (unless a waitpid(-1) in the host took it: docs/process-pool.md, Signals).
     ::kill(w.pid, SIGKILL);
 }
 
@@ -302,7 +302,7 @@ void on_sigchld(uv_signal_t* h, int) noexcept {
     w.exited = true;
     if (r < 0) {
         // ECHILD: someone else reaped it, which only a waitpid(-1) in the
-        // host can do (see README, Signals). Its status is lost, not its death.
+        // host can do (see docs/process-pool.md, Signals). Its status is lost, not its death.
         w.exit_status = -1;
     } else if (WIFSIGNALED(status)) {
         w.term_signal = WTERMSIG(status);
@@ -913,7 +913,9 @@ void process_pool_core::orphan() noexcept {
 void process_pool_core::on_loop_closing() noexcept {
     // Nobody can receive answers any more: queued calls are cancelled, sent
     // ones too, and the workers are killed (and reaped while the loop drains).
-    entry_guard guard(*this);
+    // Their waiters run later, from the reaping callbacks or on_loop_closed:
+    // the loop is walking its list of clients now, which they might change.
+    ++busy_;
     closing_ = true;
     fail_queued(true, {});
     for (auto* w : slots_) {
@@ -925,6 +927,7 @@ void process_pool_core::on_loop_closing() noexcept {
         }
         kill_worker(*w, "its loop was closed");
     }
+    --busy_;
 }
 
 void process_pool_core::on_loop_closed() noexcept {

@@ -608,7 +608,7 @@ TEST_CASE("a worker starts with default signal dispositions, nothing blocked and
 }
 
 TEST_CASE("a worker reaped behind the pool's back still fails its call with worker_died_error, and the pool carries on") {
-    // Only a waitpid() in the host can do this (README, Signals warns against
+    // Only a waitpid() in the host can do this (docs/process-pool.md, Signals warns against
     // it); the pool must still notice the death rather than wait forever.
     uvexec::loop lp;
     process_pool_executor ex{{.max_workers = 1}};
