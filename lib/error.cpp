@@ -10,7 +10,7 @@
 
 #include "uvexec/detail/future_state.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 namespace {
 class uv_category_impl final : public std::error_category {

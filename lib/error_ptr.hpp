@@ -4,7 +4,7 @@
 #include <exception>
 #include <utility>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// make() as an exception_ptr; if building it throws (std::bad_alloc while
 /// formatting its message), that exception instead. For code that runs inside

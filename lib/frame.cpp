@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 namespace {
 std::uint32_t get_u32(const char* p) noexcept {

@@ -13,7 +13,7 @@
 #include <sanitizer/lsan_interface.h>
 #endif
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 void close_handle(uv_handle_t* h, uv_close_cb cb) noexcept {
     if (!uv_is_closing(h)) {

@@ -9,7 +9,7 @@
 #include "uvexec/error.hpp"
 #include "uvexec/thread_pool_executor.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 namespace detail {
 
 loop_core::loop_core(uv_loop_t* host) : uv_(host), owned_(host == nullptr), thread_(std::this_thread::get_id()) {

@@ -33,7 +33,7 @@
 
 extern char** environ;
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 namespace detail {
 
 struct worker_process {

@@ -19,9 +19,9 @@
 
 #include <fmt/format.h>
 
-#include "uvexec/fn.hpp"
+#include "uvexec/detail/remote.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 namespace {
 
 struct entry {

@@ -61,7 +61,7 @@
 #include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 namespace detail {
 namespace {
 

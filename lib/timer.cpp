@@ -4,7 +4,7 @@
 #include "uvexec/detail/handle.hpp"
 #include "uvexec/error.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 timer::timer(uv_loop_t* uv) : h_(new handle) {
     if (int r = uv_timer_init(uv, &h_->uv); r != 0) {

@@ -3,7 +3,7 @@
 
 #include "uvexec/detail/loop_core.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 wait_core::wait_core(std::vector<future_state_base*> states, until condition,
                      std::optional<std::chrono::nanoseconds> timeout)

@@ -27,11 +27,11 @@
 #include "uvexec/codec.hpp"
 #include "uvexec/detail/frame.hpp"
 #include "uvexec/detail/worker.hpp"
-#include "uvexec/fn.hpp"
+#include "uvexec/detail/remote.hpp"
 #include "uvexec/process_pool_executor.hpp"
 #include "uvexec/this_worker.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 namespace detail {
 namespace {
 

@@ -11,6 +11,8 @@
 // queue; next() hands them out in completion order. No polling.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <coroutine>
 #include <cstddef>
 #include <memory>
@@ -20,7 +22,7 @@
 #include "uvexec/error.hpp"
 #include "uvexec/future.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 template <class T>
 class as_completed_range {

@@ -11,6 +11,8 @@
 // constructor crosses as a std::unique_ptr<T> with cereal's load_and_construct.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -42,7 +44,7 @@
 
 #include "uvexec/error.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// cereal's binary input archive with one difference: a length read from the
 /// bytes (a string's, a vector's, ...) may not exceed the bytes left, since
@@ -114,7 +116,7 @@ struct get_output_from_input<uvexec::detail::bounded_input_archive> {
 };
 }  // namespace cereal::traits::detail
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// True when T can be written to and read from a cereal binary archive.
 template <class T>

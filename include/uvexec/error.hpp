@@ -5,11 +5,13 @@
 // std::error_code in uv_category().
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <stdexcept>
 #include <string>
 #include <system_error>
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Base of every exception uvexec throws.
 class error : public std::runtime_error {

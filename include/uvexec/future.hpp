@@ -6,6 +6,8 @@
 // awaiting a future is always resumed on its loop's thread.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <coroutine>
 #include <exception>
 #include <functional>
@@ -15,7 +17,7 @@
 
 #include "uvexec/detail/future_state.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 class loop;
 

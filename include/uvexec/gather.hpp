@@ -7,6 +7,8 @@
 // running, as in Python.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <exception>
 #include <tuple>
 #include <type_traits>
@@ -21,7 +23,7 @@
 #include "uvexec/task.hpp"
 #include "uvexec/wait.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Tag: gather(return_exceptions, ...) puts each failure in place instead of
 /// throwing the first. Python: gather(..., return_exceptions=True).

@@ -7,6 +7,8 @@
 // may come from other threads.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <cstddef>
 #include <future>
 #include <memory>
@@ -19,7 +21,7 @@
 #include "uvexec/future.hpp"
 #include "uvexec/task.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 class thread_pool_executor;
 

@@ -10,6 +10,8 @@
 // arguments, results and exceptions cross as cereal binary archives.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -26,13 +28,14 @@
 #include "uvexec/detail/frame.hpp"
 #include "uvexec/detail/future_state.hpp"
 #include "uvexec/detail/loop_core.hpp"
+#include "uvexec/detail/remote.hpp"
 #include "uvexec/error.hpp"
 #include "uvexec/fn.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
 #include "uvexec/this_worker.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Call first thing in main: `uvexec::worker_main(argc, argv);`. In a process
 /// started by a process_pool_executor it serves calls until the parent closes
@@ -47,14 +50,14 @@ void worker_main(int argc, char** argv);
 /// function registers it by doing so.)
 template <auto... F>
 void expose() noexcept {
-    ((void)fn_t<F>::key(), ...);
+    ((void)detail::remote<F>::key(), ...);
 }
 
 /// A no-argument function named at compile time, for process-pool initializers.
 struct remote_function {
     template <auto F>
     remote_function(fn_t<F>) noexcept  // NOLINT(google-explicit-constructor): fn<&f> reads as a function
-        : id(fn_t<F>::identity()), name(fn_t<F>::name()) {
+        : id(detail::remote<F>::identity()), name(detail::remote<F>::name()) {
         static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 0,
                       "uvexec: a process-pool initializer takes no arguments");
     }
@@ -266,8 +269,8 @@ public:
         static_assert(sizeof...(A) == std::tuple_size_v<args_tuple>,
                       "uvexec: wrong number of arguments for this function");
         check_serializable<R>(static_cast<args_tuple*>(nullptr));
-        const detail::function_identity& id = fn_t<F>::identity();
-        core_->check_identity(id, fn_t<F>::name());
+        const detail::function_identity& id = detail::remote<F>::identity();
+        core_->check_identity(id, detail::remote<F>::name());
         core_->accept(lp.core());
 
         auto* item = new detail::process_item<R>(&lp.core(), core_);

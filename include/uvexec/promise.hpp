@@ -6,6 +6,8 @@
 // promise is unfulfilled it keeps uv_run alive (the result is still due).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <exception>
 #include <memory>
 #include <type_traits>
@@ -17,7 +19,7 @@
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 template <class T = void>
 class promise {

@@ -4,6 +4,8 @@
 // negative delay still yields to the loop once.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -11,7 +13,7 @@
 #include "uvexec/detail/timer.hpp"
 #include "uvexec/loop.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 namespace detail {
 class sleep_awaiter {

@@ -6,6 +6,8 @@
 // long chains of tasks do not grow the stack.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <coroutine>
 #include <exception>
 #include <type_traits>
@@ -14,7 +16,7 @@
 
 #include "uvexec/error.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 template <class T = void>
 class [[nodiscard]] task;

@@ -1,9 +1,11 @@
 // uvexec — who is running this code.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <string_view>
 
-namespace uvexec::this_worker {
+namespace uvexec::inline v0::this_worker {
 
 /// The name of the executor slot running the calling code:
 /// "ThreadPoolExecutor-0_1" on a thread-pool call, "ProcessPoolExecutor-0_1"

@@ -9,6 +9,8 @@
 // requests are never starved by more than max_workers threads.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -31,7 +33,7 @@
 #include "uvexec/loop.hpp"
 #include "uvexec/this_worker.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Options of a thread_pool_executor (designated initializers read well:
 /// `thread_pool_executor ex{{.max_workers = 3}}`).

@@ -2,6 +2,8 @@
 // coroutines on a libuv loop. See README.md.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include "uvexec/as_completed.hpp"
 #include "uvexec/error.hpp"
 #include "uvexec/future.hpp"

@@ -5,6 +5,8 @@
 // polls.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <optional>
 #include <ranges>
@@ -17,7 +19,7 @@
 #include "uvexec/future.hpp"
 #include "uvexec/task.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Python: asyncio.FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED.
 enum class return_when {

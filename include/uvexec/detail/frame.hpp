@@ -7,13 +7,15 @@
 // reports a corrupt stream instead of guessing.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// Protocol version; a worker built from other uvexec sources says so in HELLO.
 inline constexpr std::uint32_t protocol_version = 2;

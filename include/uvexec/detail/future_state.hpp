@@ -7,6 +7,8 @@
 // allocation: the item *is* the future's state.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <atomic>
 #include <cassert>
 #include <cstdint>
@@ -18,7 +20,7 @@
 
 #include "uvexec/error.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 class loop_core;
 class future_state_base;

@@ -1,9 +1,11 @@
 // uvexec — closing uvexec's own libuv handles safely on a borrowed loop (internal).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <uv.h>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// Closes h; cb frees its memory once libuv is done with it. Call it once per
 /// handle. If the host closed h already (it shut its loop down, uv_walk +

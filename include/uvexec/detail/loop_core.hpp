@@ -6,6 +6,8 @@
 // loop_closed_error; it never touches a closed handle.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <coroutine>
 #include <cstddef>
 #include <memory>
@@ -17,7 +19,7 @@
 
 #include "uvexec/detail/unique_function.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// Something that holds work on a loop and must let go of it when the loop
 /// closes (executors). Linked into its loop while bound to it.

@@ -1,12 +1,14 @@
 // uvexec — taking a result out of a future without surprising other holders (internal).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <type_traits>
 #include <utility>
 
 #include "uvexec/future.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// The value of a done future, for combinators that return values: moved out
 /// when nobody else can see the future (or T cannot be copied), copied when

@@ -5,12 +5,14 @@
 // destructor stops and closes the handle and libuv frees it later.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <cstdint>
 
 #include <uv.h>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 class timer {
 public:

@@ -1,11 +1,13 @@
 // uvexec — a move-only void() callable (internal; std::move_only_function is C++23).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <memory>
 #include <type_traits>
 #include <utility>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 class unique_function {
 public:

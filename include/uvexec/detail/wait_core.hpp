@@ -6,6 +6,8 @@
 // heterogeneous gather(f1, f2, ...) shares it with wait().
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
@@ -16,7 +18,7 @@
 #include "uvexec/detail/future_state.hpp"
 #include "uvexec/detail/timer.hpp"
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 enum class until : std::uint8_t {
     first_completed,  // any future done

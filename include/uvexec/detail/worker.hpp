@@ -1,9 +1,11 @@
 // uvexec — constants and hooks shared by the two sides of the process pool (internal).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <string>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 /// argv[1] of a worker process; the rest: max frame size, worker name,
 /// parent pid (0 if unknown), channel ("3", or "stdio" for stdin+stdout).

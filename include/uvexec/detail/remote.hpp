@@ -1,0 +1,102 @@
+// uvexec — how a worker process finds the function a call names (internal).
+//
+// Instantiating remote<F> (which process_pool_executor::submit, expose<F>
+// and an initializer do) registers a trampoline for F at static
+// initialisation under a key computed from F's qualified name and type, so a
+// worker executable that names the same function finds it. Two functions the
+// key cannot tell apart (file-local `static int scale(int)` in two
+// translation units, or the same name in two anonymous namespaces) are told
+// apart by their offset in their module, which is the same in a worker that
+// is this executable (lib/registry.cpp); a dedicated worker executable can
+// match names only, so such a call is refused at submit with
+// ambiguous_function_error. A worker that cannot find the function replies
+// with an error; it never jumps to an address it was sent.
+#pragma once
+
+#include "uvexec/detail/config.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+#include "uvexec/codec.hpp"
+#include "uvexec/fn.hpp"
+
+namespace uvexec::inline v0::detail {
+
+/// Runs a registered function: decodes the arguments, calls, encodes the result.
+using trampoline_fn = void (*)(std::string_view args, std::string& result);
+
+/// Any function's address, for identity only (never called as this type).
+using any_function = void (*)();
+
+/// What a call frame names a function by: its key (name and type) and, where
+/// functions share a key, its offset in its module (0 when unknown).
+struct function_identity {
+    std::uint64_t key = 0;
+    std::uint64_t offset = 0;
+    bool ambiguous = false;  // another function of this program has the same key
+};
+
+/// Registers fn (whose trampoline is t) under key at static initialisation; returns key.
+std::uint64_t register_function(std::uint64_t key, std::string_view name, any_function fn, trampoline_fn t) noexcept;
+
+/// The identity of the registered function fn.
+function_identity identify(std::uint64_t key, any_function fn) noexcept;
+
+/// In a worker: the trampoline of the function a call names, or null with
+/// why_not saying why (unknown, or ambiguous here).
+trampoline_fn find_function(const function_identity& id, std::string& why_not);
+
+constexpr std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 14695981039346656037ull) noexcept {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+template <auto F>
+constexpr std::string_view pretty_name() noexcept {
+    return __PRETTY_FUNCTION__;  // contains F's qualified name, e.g. "[with auto F = ns::blocks]"
+}
+
+/// F as a worker process sees it.
+template <auto F>
+struct remote {
+    using args_tuple = typename fn_t<F>::args_tuple;
+    using result_type = typename fn_t<F>::result_type;
+
+    /// The key under which worker processes find F.
+    static std::uint64_t key() noexcept { return registered; }
+    /// How a call names F to a worker process (computed once).
+    static const function_identity& identity() noexcept {
+        static const function_identity id = identify(key(), reinterpret_cast<any_function>(F));
+        return id;
+    }
+    static std::string_view name() noexcept { return pretty_name<F>(); }
+
+private:
+    static void trampoline(std::string_view in, std::string& out) {
+        args_tuple args;
+        if constexpr (std::tuple_size_v<args_tuple> > 0) {
+            std::apply([&](auto&... a) { decode_from(in, a...); }, args);
+        } else {
+            decode_from(in);
+        }
+        if constexpr (std::is_void_v<result_type>) {
+            std::apply([](auto&... a) { std::invoke(F, std::move(a)...); }, args);
+        } else {
+            result_type r = std::apply([](auto&... a) -> result_type { return std::invoke(F, std::move(a)...); }, args);
+            encode_into(out, r);
+        }
+    }
+
+    static inline const std::uint64_t registered =
+        register_function(fnv1a(typeid(decltype(F)).name(), fnv1a(pretty_name<F>())), pretty_name<F>(),
+                          reinterpret_cast<any_function>(F), &remote::trampoline);
+};
+
+}  // namespace uvexec::inline v0::detail
