@@ -7,7 +7,8 @@ namespace uvexec::inline v0::detail {
 
 wait_core::wait_core(std::vector<future_state_base*> states, until condition,
                      std::optional<std::chrono::nanoseconds> timeout)
-    : states_(std::move(states)), condition_(condition), timeout_(timeout) {
+    : interrupt_point(&wait_core::on_interrupt),
+      states_(std::move(states)), condition_(condition), timeout_(timeout) {
     // Every future lands in order_ at most once: one allocation instead of a
     // doubling vector (a million-future gather otherwise copies and frees
     // megabytes while completions arrive).
@@ -42,7 +43,15 @@ bool wait_core::await_ready() {
     return false;
 }
 
-void wait_core::await_suspend(std::coroutine_handle<> h) {
+bool wait_core::suspend(std::coroutine_handle<> h, cancel_slot* slot) {
+    if (!arm(slot)) {
+        // A cancellation was waiting for this suspension: end at once.
+        interrupted_ = true;
+        finished_ = true;
+        if (cancel_pending_)
+            for (auto* s : states_) s->cancel();
+        return false;
+    }
     h_ = h;
     nodes_ = std::make_unique<node[]>(states_.size());
     loop_core* lp = nullptr;
@@ -57,6 +66,7 @@ void wait_core::await_suspend(std::coroutine_handle<> h) {
         timer_.emplace(lp->uv());
         timer_->start(timer::to_ms(*timeout_), &wait_core::on_timeout, this);
     }
+    return true;
 }
 
 void wait_core::node::on_fire(waiter* w, future_state_base&) noexcept {
@@ -66,11 +76,27 @@ void wait_core::node::on_fire(waiter* w, future_state_base&) noexcept {
     if (!c.finished_ && c.satisfied_by(n->index)) c.finish();
 }
 
-void wait_core::finish() noexcept {
+void wait_core::stop() noexcept {
     finished_ = true;
+    disarm();
     for (std::size_t i = 0; i < states_.size(); ++i) nodes_[i].unlink();
     if (timer_) timer_->stop();
+}
+
+void wait_core::finish() noexcept {
+    stop();
     h_.resume();
+}
+
+void wait_core::on_interrupt(interrupt_point* self) noexcept {
+    auto& c = *static_cast<wait_core*>(self);
+    c.interrupted_ = true;
+    c.stop();
+    // The nodes are unlinked first, so cancelling the futures does not
+    // re-enter this wait.
+    if (c.cancel_pending_)
+        for (auto* s : c.states_) s->cancel();
+    c.h_.resume();
 }
 
 void wait_core::on_timeout(void* self) noexcept {

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "uvexec/detail/cancel_slot.hpp"
 #include "uvexec/detail/future_state.hpp"
 
 namespace uvexec::inline v0 {
@@ -91,13 +92,24 @@ public:
     detail::loop_core* loop_core() const noexcept { return state_->loop(); }
     state_type* state() const noexcept { return state_.get(); }
 
+    /// Inside a task group, the awaiter arms the child's cancel slot: when the
+    /// group cancels the child, this future is cancelled (so is its executor
+    /// call) and the child resumes with cancelled_error, as Python's
+    /// Task.cancel() cancels the future the task waits on.
     template <bool Move>
-    struct awaiter : detail::waiter {
-        explicit awaiter(state_type* s) noexcept : detail::waiter(&awaiter::on_fire), s_(s) {}
+    struct awaiter : detail::waiter, detail::interrupt_point {
+        explicit awaiter(state_type* s) noexcept
+            : detail::waiter(&awaiter::on_fire), detail::interrupt_point(&awaiter::on_interrupt), s_(s) {}
         bool await_ready() const noexcept { return s_->done(); }
-        void await_suspend(std::coroutine_handle<> h) noexcept {
+        template <class P>
+        bool await_suspend(std::coroutine_handle<P> h) noexcept {
             h_ = h;
+            if (!arm(detail::slot_of(h))) {
+                s_->cancel();
+                return false;
+            }
             s_->link(*this);
+            return true;
         }
         decltype(auto) await_resume() {
             if constexpr (std::is_void_v<T>) return s_->value();
@@ -105,8 +117,11 @@ public:
             else return static_cast<T&>(s_->value());
         }
         static void on_fire(detail::waiter* w, detail::future_state_base&) noexcept {
-            static_cast<awaiter*>(w)->h_.resume();
+            auto* self = static_cast<awaiter*>(w);
+            self->disarm();
+            self->h_.resume();
         }
+        static void on_interrupt(detail::interrupt_point* p) noexcept { static_cast<awaiter*>(p)->s_->cancel(); }
         state_type* s_;
         std::coroutine_handle<> h_;
     };

@@ -113,6 +113,7 @@ std::vector<future_state_base*> states_of_pack(const future<T>&... fs) {
 template <class T>
 task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> gather(std::vector<future<T>> fs) {
     detail::wait_core c(detail::states_of(fs), detail::until::first_failure, std::nullopt);
+    c.cancel_pending_on_interrupt();  // Python: cancelling gather cancels its futures
     co_await c;
     detail::rethrow_first_failure(c);
     if constexpr (!std::is_void_v<T>) {
@@ -128,6 +129,7 @@ task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> gather(std::ve
 template <class T>
 task<std::vector<outcome<T>>> gather(return_exceptions_t, std::vector<future<T>> fs) {
     detail::wait_core c(detail::states_of(fs), detail::until::all_completed, std::nullopt);
+    c.cancel_pending_on_interrupt();  // Python: cancelling gather cancels its futures
     co_await c;
     std::vector<outcome<T>> out;
     out.reserve(fs.size());
@@ -141,6 +143,7 @@ template <class... T>
     requires(sizeof...(T) > 0)
 task<std::tuple<detail::gathered_t<T>...>> gather(future<T>... fs) {
     detail::wait_core c(detail::states_of_pack(fs...), detail::until::first_failure, std::nullopt);
+    c.cancel_pending_on_interrupt();  // Python: cancelling gather cancels its futures
     co_await c;
     detail::rethrow_first_failure(c);
     co_return std::tuple<detail::gathered_t<T>...>(detail::take_gathered(fs)...);
@@ -151,6 +154,7 @@ template <class... T>
     requires(sizeof...(T) > 0)
 task<std::tuple<outcome<T>...>> gather(return_exceptions_t, future<T>... fs) {
     detail::wait_core c(detail::states_of_pack(fs...), detail::until::all_completed, std::nullopt);
+    c.cancel_pending_on_interrupt();  // Python: cancelling gather cancels its futures
     co_await c;
     co_return std::tuple<outcome<T>...>(detail::take_outcome(fs)...);
 }

@@ -14,6 +14,7 @@
 #include <utility>
 #include <variant>
 
+#include "uvexec/detail/cancel_slot.hpp"
 #include "uvexec/error.hpp"
 
 namespace uvexec::inline v0 {
@@ -23,7 +24,7 @@ class [[nodiscard]] task;
 
 namespace detail {
 
-struct task_promise_base {
+struct task_promise_base : cancellable_promise {
     struct final_awaiter {
         bool await_ready() const noexcept { return false; }
         template <class P>
@@ -98,8 +99,12 @@ public:
     struct awaiter {
         handle_type h_;
         bool await_ready() const noexcept { return false; }
-        std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
+        /// The task joins the caller's cancel slot (if any): a task group's
+        /// cancellation reaches whatever the innermost awaited task waits on.
+        template <class P>
+        std::coroutine_handle<> await_suspend(std::coroutine_handle<P> caller) noexcept {
             h_.promise().continuation_ = caller;
+            h_.promise().cancel_slot_ = detail::slot_of(caller);
             return h_;
         }
         T await_resume() { return h_.promise().take(); }

@@ -67,9 +67,15 @@ public:
     wait_op(std::vector<future<T>> fs, until condition, std::optional<std::chrono::nanoseconds> timeout)
         : fs_(std::move(fs)), core_(states_of(fs_), condition, timeout) {}
 
+    void cancel_pending_on_interrupt() noexcept { core_.cancel_pending_on_interrupt(); }
+
     bool await_ready() { return core_.await_ready(); }
-    void await_suspend(std::coroutine_handle<> h) { core_.await_suspend(h); }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        return core_.await_suspend(h);
+    }
     wait_result<T> await_resume() {
+        core_.await_resume();  // cancelled_error if a task group's cancellation ended the wait
         wait_result<T> r;
         std::vector<bool> is_done(fs_.size(), false);
         r.done.reserve(core_.completed().size());
@@ -109,7 +115,9 @@ task<T> wait_for(future<T> f, std::chrono::nanoseconds timeout) {
     {
         // (A braced list inside co_await trips GCC 12, hence the named vector.)
         std::vector<future<T>> one{f};
-        auto r = co_await wait(std::move(one), return_when::first_completed, timeout);
+        auto w = wait(std::move(one), return_when::first_completed, timeout);
+        w.cancel_pending_on_interrupt();  // Python: cancelling wait_for cancels f
+        auto r = co_await w;
         in_time = !r.done.empty();
     }
     if (!in_time) {

@@ -15,8 +15,10 @@
 #include <optional>
 #include <vector>
 
+#include "uvexec/detail/cancel_slot.hpp"
 #include "uvexec/detail/future_state.hpp"
 #include "uvexec/detail/timer.hpp"
+#include "uvexec/error.hpp"
 
 namespace uvexec::inline v0::detail {
 
@@ -27,7 +29,10 @@ enum class until : std::uint8_t {
     all_completed,    // all done
 };
 
-class wait_core {
+/// Inside a task group a wait is an interrupt point: a cancellation ends it
+/// with cancelled_error from await_resume (and, for gather, cancels the
+/// futures still pending first, as Python's gather does).
+class wait_core : interrupt_point {
 public:
     wait_core(std::vector<future_state_base*> states, until condition, std::optional<std::chrono::nanoseconds> timeout);
     wait_core(const wait_core&) = delete;
@@ -35,8 +40,18 @@ public:
     ~wait_core();
 
     bool await_ready();
-    void await_suspend(std::coroutine_handle<> h);
-    void await_resume() const noexcept {}
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        return suspend(h, slot_of(h));
+    }
+    /// Throws cancelled_error if a cancellation ended the wait.
+    void await_resume() const {
+        if (interrupted_) throw cancelled_error();
+    }
+
+    /// When a cancellation ends the wait, cancel the futures still pending
+    /// (gather's and wait_for's rule; wait() leaves them alone).
+    void cancel_pending_on_interrupt() noexcept { cancel_pending_ = true; }
 
     /// Indices of the futures that were done when the wait ended, in the order
     /// they completed (those already done at the start first, by index).
@@ -52,8 +67,11 @@ private:
         std::size_t index = 0;
     };
 
+    bool suspend(std::coroutine_handle<> h, cancel_slot* slot);
     bool satisfied_by(std::size_t i) const noexcept;
+    void stop() noexcept;
     void finish() noexcept;
+    static void on_interrupt(interrupt_point* self) noexcept;
     static void on_timeout(void* self) noexcept;
 
     std::vector<future_state_base*> states_;
@@ -64,6 +82,8 @@ private:
     std::optional<timer> timer_;
     std::coroutine_handle<> h_;
     bool finished_ = false;
+    bool interrupted_ = false;
+    bool cancel_pending_ = false;
 };
 
 }  // namespace uvexec::detail
