@@ -6,6 +6,8 @@
 // and the work behind it running, so f's result can still be collected.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -14,7 +16,7 @@
 #include "uvexec/error.hpp"
 #include "uvexec/future.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 namespace detail {
 

@@ -24,6 +24,8 @@
 // cancelled_error and carries on runs to its end, and the group waits for it.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
@@ -43,7 +45,7 @@
 #include "uvexec/task.hpp"
 #include "uvexec/wait.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 class task_group;
 

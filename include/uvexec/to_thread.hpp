@@ -6,12 +6,14 @@
 // (see loop::default_executor).
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <utility>
 
 #include "uvexec/loop.hpp"
 #include "uvexec/thread_pool_executor.hpp"
 
-namespace uvexec {
+namespace uvexec::inline v0 {
 
 /// Python: asyncio.to_thread(fn, *args). Runs fn(args...) on lp's default
 /// thread pool and returns a future of its result; cancelling the future

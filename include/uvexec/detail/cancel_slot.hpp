@@ -10,11 +10,13 @@
 // and pay one null check per suspension.
 #pragma once
 
+#include "uvexec/detail/config.hpp"
+
 #include <coroutine>
 #include <type_traits>
 #include <utility>
 
-namespace uvexec::detail {
+namespace uvexec::inline v0::detail {
 
 class cancel_slot;
 
