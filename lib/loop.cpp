@@ -143,9 +143,14 @@ void loop_core::close() noexcept {
     while (spawned_) spawned_->frame.destroy();
 
     // (2) Executors drop queued work and ask libuv to cancel what has not started.
-    // (next_ is read first: a client may detach itself inside its callback.)
-    for (loop_client *c = clients_, *next = nullptr; c; c = next) {
-        next = c->next_;
+    // A client's callback may complete futures whose done-callbacks destroy
+    // other executors (which detach, and may free, themselves): walk from the
+    // head again after each call, to the first client not yet told.
+    for (;;) {
+        loop_client* c = clients_;
+        while (c && c->told_closing_) c = c->next_;
+        if (!c) break;
+        c->told_closing_ = true;
         c->on_loop_closing();
     }
 
@@ -169,6 +174,7 @@ void loop_core::close() noexcept {
     }
     while (auto* c = clients_) {
         detach(*c);
+        c->told_closing_ = false;
         c->on_loop_closed();
     }
 

@@ -138,17 +138,27 @@ void hold_loop(worker_process& w, bool hold) noexcept {
     }
 }
 
+/// Records why the pool ends w (the first reason given is kept); fault() may
+/// fail to build the text (std::bad_alloc): the reason is then left out.
+template <class Fault>
+void set_fault(worker_process& w, Fault&& fault) noexcept {
+    if (!w.fault.empty()) return;
+    try {
+        w.fault = fault();
+    } catch (...) {
+        w.fault.clear();
+    }
+}
+
+void set_fault(worker_process& w, const char* fault) noexcept {
+    set_fault(w, [fault] { return std::string(fault); });
+}
+
 /// Kills w; fault() says why (the first reason given is kept). Building the
 /// reason may fail (std::bad_alloc): the worker is killed all the same.
 template <class Fault>
 void kill_worker(worker_process& w, Fault&& fault) noexcept {
-    if (w.fault.empty()) {
-        try {
-            w.fault = fault();
-        } catch (...) {
-            w.fault.clear();
-        }
-    }
+    set_fault(w, std::forward<Fault>(fault));
     w.st = worker_process::state::dying;
     if (w.exited) return;
     hold_loop(w, true);  // its exit is due
@@ -255,6 +265,7 @@ void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
         // it takes no more calls.
         uv_read_stop(s);
         if (!w.exited) {
+            set_fault(w, "it closed its channel while alive");
             w.st = worker_process::state::dying;
             hold_loop(w, true);
             start_timer(w, std::chrono::milliseconds(1000), &on_grace_over);
@@ -275,7 +286,7 @@ void drain_channel(worker_process& w) noexcept {
         try {
             p = w.decoder.prepare(room);
         } catch (...) {
-            if (w.fault.empty()) w.fault = "the parent ran out of memory for its last message";
+            set_fault(w, "the parent ran out of memory for its last message");
             break;
         }
         ssize_t n = ::read(fd, p, room);
@@ -658,7 +669,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) {
     // stdio. Both ends are close-on-exec; the child's dup2 copies are not.
     uv_os_sock_t ends[2];
     if (int r = uv_socketpair(SOCK_STREAM, 0, ends, UV_NONBLOCK_PIPE, 0); r != 0) {
-        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_socketpair for a worker's channel"));
+        spawn_error_ = error_ptr([&] { return uv_error(r, "uv_socketpair for a worker's channel"); });
         delete w;  // no handle is open yet
         return nullptr;
     }
@@ -668,7 +679,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) {
         int err = errno;
         ::close(ends[1]);
         if (moved < 0) {
-            spawn_error_ = std::make_exception_ptr(uv_error(-err, "fcntl(F_DUPFD_CLOEXEC) for a worker's channel"));
+            spawn_error_ = error_ptr([&] { return uv_error(-err, "fcntl(F_DUPFD_CLOEXEC) for a worker's channel"); });
             ::close(ends[0]);
             delete w;
             return nullptr;
@@ -678,7 +689,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) {
     w->child_watch.data = w->pipe.data = w->timer.data = w;
     int r = uv_pipe_init(loop_->uv(), &w->pipe, 0);  // cannot fail in libuv 1.x; checked all the same
     if (r != 0) {
-        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_pipe_init for a worker's channel"));
+        spawn_error_ = error_ptr([&] { return uv_error(r, "uv_pipe_init for a worker's channel"); });
         ::close(ends[0]);
         ::close(ends[1]);
         delete w;  // no handle is open yet
@@ -686,7 +697,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) {
     }
     w->open_handles = 1;
     if (r = uv_pipe_open(&w->pipe, ends[0]); r != 0) {
-        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_pipe_open of a worker's channel"));
+        spawn_error_ = error_ptr([&] { return uv_error(r, "uv_pipe_open of a worker's channel"); });
         ::close(ends[0]);
         ::close(ends[1]);
         close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
@@ -701,7 +712,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) {
         if (r != 0) close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->child_watch));
     }
     if (r != 0) {
-        spawn_error_ = std::make_exception_ptr(uv_error(r, "uv_signal_start(SIGCHLD) to watch a worker"));
+        spawn_error_ = error_ptr([&] { return uv_error(r, "uv_signal_start(SIGCHLD) to watch a worker"); });
         ::close(ends[1]);
         close_handle(*w, reinterpret_cast<uv_handle_t*>(&w->pipe));
         return nullptr;
@@ -841,12 +852,12 @@ void process_pool_core::forget(worker_process& w) noexcept {
     --live_workers_;
 }
 
-void process_pool_core::break_pool(const std::string& why) noexcept {
+void process_pool_core::break_pool(std::string_view why) noexcept {
     if (broken_) return;
     broken_ = true;
     auto error = error_ptr([&] {
         broken_why_ = why;
-        return broken_executor_error("uvexec: the process_pool_executor is broken: " + why);
+        return broken_executor_error("uvexec: the process_pool_executor is broken: " + std::string(why));
     });
     fail_queued(false, error);
     for (auto* w : slots_) {
@@ -892,7 +903,10 @@ void process_pool_core::settle() noexcept {
         for (auto* w : slots_)
             if (w) retire(*w);
     if (live_workers_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
-    if (!shutdown_waiters_.empty()) {
+    // A waiter that runs here may call shutdown() again (its future joins the
+    // list) or submit (then the pool is no longer idle): look again.
+    while (!shutdown_waiters_.empty() && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0 &&
+           ready_count_ == 0) {
         ++busy_;
         complete_and_release(shutdown_waiters_);
         --busy_;

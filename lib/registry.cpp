@@ -63,8 +63,8 @@ std::uint64_t register_function(std::uint64_t key, std::string_view name, any_fu
     try {
         std::lock_guard lock(r.mutex);
         auto& v = r.entries[key];
-        // The same function instantiated in two modules (a library built with
-        // hidden visibility) has one address: it is one function.
+        // One function whose registration is instantiated in two modules
+        // (each has its own remote<F>) has one address: it is one function.
         for (const auto& e : v)
             if (e.fn == fn) return key;
         v.push_back(entry{std::string(name), fn, module_offset(fn), t});
@@ -81,9 +81,12 @@ function_identity identify(std::uint64_t key, any_function fn) noexcept {
     function_identity id{key, 0, false};
     auto it = r.entries.find(key);
     if (it == r.entries.end()) return id;
-    for (const auto& e : it->second)
-        if (e.fn == fn) id.offset = e.offset;
     id.ambiguous = it->second.size() > 1;
+    // The offset goes on the wire only where the key cannot tell functions
+    // apart, and then the worker must match it exactly (see find_function).
+    if (id.ambiguous)
+        for (const auto& e : it->second)
+            if (e.fn == fn) id.offset = e.offset;
     return id;
 }
 
@@ -99,13 +102,26 @@ trampoline_fn find_function(const function_identity& id, std::string& why_not) {
         return nullptr;
     }
     const auto& v = it->second;
-    if (v.size() == 1) return v.front().trampoline;  // the name is enough
+    if (id.offset == 0) {
+        // The parent holds one function of this key: the name is enough,
+        // unless this worker holds several.
+        if (v.size() == 1) return v.front().trampoline;
+        why_not = fmt::format(
+            "the functions {} of this worker share the key {:#018x}, and the parent (another executable) names "
+            "them only by it; give them distinct names or external linkage",
+            names_of(v), id.key);
+        return nullptr;
+    }
+    // The parent holds several functions of this key and named one by its
+    // offset: only that one will do (a worker missing it, say one that did
+    // not load the same library, must not run another).
     for (const auto& e : v)
-        if (id.offset != 0 && e.offset == id.offset) return e.trampoline;
+        if (e.offset == id.offset) return e.trampoline;
     why_not = fmt::format(
-        "the functions {} of this worker share the key {:#018x} and none is the one the parent named (the worker "
-        "is another executable); give them distinct names or external linkage",
-        names_of(v), id.key);
+        "the parent named one of several functions with the key {:#018x} ({}) by its offset {:#x}, and this "
+        "worker has no function there (it is not the same executable, or did not load the same libraries); "
+        "give them distinct names or external linkage",
+        id.key, names_of(v), id.offset);
     return nullptr;
 }
 

@@ -97,6 +97,35 @@ TEST_CASE("a child that throws while its siblings are inside executors cancels t
     CHECK(queued_ran == 0);  // cancelled before it started: never ran
 }
 
+TEST_CASE("a child awaiting a future that is resolved but whose waiters have not run yet still ends cancelled") {
+    // An executor resolves a future first and runs its waiters once its own
+    // state is consistent (a process pool does so for a whole read of
+    // answers). A group cancellation that falls in between must not be lost.
+    uvexec::loop lp;
+    auto* st = new uvexec::detail::future_state<int>(&lp.core());
+    auto f = uvexec::detail::make_future(uvexec::detail::state_ptr<uvexec::detail::future_state<int>>::adopt(st));
+    bool saw_cancel = false, saw_value = false;
+    auto body = [&](task_group& g) -> task<void> {
+        g.spawn([&]() -> task<void> {
+            try {
+                (void)co_await f;
+                saw_value = true;
+            } catch (const uvexec::cancelled_error&) {
+                saw_cancel = true;
+            }
+        });
+        co_await uvexec::sleep(lp, std::chrono::milliseconds(0));  // the child is suspended on f now
+        st->emplace(5);
+        st->resolve_value();  // done, its waiters not yet run
+        g.cancel();
+        st->notify_waiters();
+    };
+    lp.run_until_complete(task_group::run(lp, body));
+    CHECK(saw_cancel);
+    CHECK_FALSE(saw_value);
+    CHECK(f.result() == 5);  // the future keeps its value for anyone else
+}
+
 TEST_CASE("a group cancelled from outside (wait_for's timeout) cancels every child and waits for them") {
     uvexec::loop lp;
     promise<void> never1(lp), never2(lp);

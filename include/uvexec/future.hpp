@@ -106,12 +106,14 @@ public:
             h_ = h;
             if (!arm(detail::slot_of(h))) {
                 s_->cancel();
+                must_cancel_ = true;
                 return false;
             }
             s_->link(*this);
             return true;
         }
         decltype(auto) await_resume() {
+            if (must_cancel_) throw cancelled_error();
             if constexpr (std::is_void_v<T>) return s_->value();
             else if constexpr (Move) return T(std::move(s_->value()));
             else return static_cast<T&>(s_->value());
@@ -121,9 +123,17 @@ public:
             self->disarm();
             self->h_.resume();
         }
-        static void on_interrupt(detail::interrupt_point* p) noexcept { static_cast<awaiter*>(p)->s_->cancel(); }
+        /// The future is cancelled; if it was already resolved (an executor
+        /// resolves first and runs its waiters later), the awaiter still ends
+        /// as cancelled, as asyncio's _must_cancel does: the request is not lost.
+        static void on_interrupt(detail::interrupt_point* p) noexcept {
+            auto* self = static_cast<awaiter*>(p);
+            self->must_cancel_ = true;
+            self->s_->cancel();
+        }
         state_type* s_;
         std::coroutine_handle<> h_;
+        bool must_cancel_ = false;
     };
 
     /// co_await f      → T& (the shared value), or throws.

@@ -149,7 +149,7 @@ public:
 
     // Used by the worker bookkeeping in process_pool_executor.cpp.
     void on_call_done(worker_process& w) noexcept;
-    void break_pool(const std::string& why) noexcept;
+    void break_pool(std::string_view why) noexcept;
     void requeue_front(process_call& call) noexcept;
     /// Takes over the pool's reference to a call whose future was resolved
     /// (or that ends unanswered): notify_ready() runs its waiters later.

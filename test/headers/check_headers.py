@@ -6,9 +6,8 @@ Usage: check_headers.py INCLUDE_DIR -- COMPILER ARGS...
 
 Checks, each failing the test with the compiler's output:
   1. each header under INCLUDE_DIR/uvexec compiles on its own (-fsyntax-only);
-  2. a translation unit including only the thread-pool API (thread_pool_executor.hpp,
-     loop.hpp, gather.hpp, wait.hpp, as_completed.hpp, fn.hpp, promise.hpp, sleep.hpp)
-     includes no cereal header (the list comes from the compiler's -M output);
+  2. a translation unit including every header a thread-only program may use
+     (all but process_pool_executor.hpp, codec.hpp and uvexec.hpp) includes no cereal header (the list comes from the compiler's -M output);
   3. below C++20 a header stops with uvexec's own message saying what to add.
 """
 import concurrent.futures
@@ -22,7 +21,9 @@ include_dir = pathlib.Path(sys.argv[1])
 compiler = sys.argv[sys.argv.index("--") + 1:]
 headers = sorted(p.relative_to(include_dir).as_posix() for p in (include_dir / "uvexec").rglob("*.hpp"))
 thread_only = ["uvexec/thread_pool_executor.hpp", "uvexec/loop.hpp", "uvexec/gather.hpp", "uvexec/wait.hpp",
-               "uvexec/as_completed.hpp", "uvexec/fn.hpp", "uvexec/promise.hpp", "uvexec/sleep.hpp"]
+               "uvexec/as_completed.hpp", "uvexec/fn.hpp", "uvexec/promise.hpp", "uvexec/sleep.hpp",
+               "uvexec/task.hpp", "uvexec/future.hpp", "uvexec/task_group.hpp", "uvexec/shield.hpp",
+               "uvexec/to_thread.hpp", "uvexec/error.hpp", "uvexec/this_worker.hpp"]
 
 
 def compile_source(text, extra):

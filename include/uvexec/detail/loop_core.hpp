@@ -40,6 +40,7 @@ private:
     friend class loop_core;
     loop_client* prev_ = nullptr;
     loop_client* next_ = nullptr;
+    bool told_closing_ = false;  // on_loop_closing has been called (loop_core::close)
 };
 
 /// The node a spawned coroutine's frame keeps in its loop (see loop::spawn).

@@ -35,8 +35,10 @@ using trampoline_fn = void (*)(std::string_view args, std::string& result);
 /// Any function's address, for identity only (never called as this type).
 using any_function = void (*)();
 
-/// What a call frame names a function by: its key (name and type) and, where
-/// functions share a key, its offset in its module (0 when unknown).
+/// What a call frame names a function by: its key (name and type) and, only
+/// where functions of this program share a key, its offset in its module (0
+/// otherwise, or when unknown). The ambiguity is computed at the first call:
+/// a library loaded later that adds a function of the same key is not seen.
 struct function_identity {
     std::uint64_t key = 0;
     std::uint64_t offset = 0;
