@@ -7,6 +7,7 @@
 
 using namespace test;
 using uvexec::task;
+using uvexec::thread_pool_executor;
 
 TEST_SUITE("to_thread") {
 
@@ -28,10 +29,15 @@ TEST_CASE("to_thread runs fn(args...) on a thread of the loop's default pool and
 
 TEST_CASE("to_thread uses default_executor(), created on first use and the same afterwards") {
     uvexec::loop lp;
-    auto f = uvexec::to_thread(lp, [] { return 1; });
+    thread_pool_executor other;  // another pool, with a prefix of its own
+    auto name_of_worker = [] { return std::string(uvexec::this_worker::name()); };
+    auto first = lp.run_until_complete(uvexec::to_thread(lp, name_of_worker));
     auto& ex = lp.default_executor();
     CHECK(&ex == &lp.default_executor());
-    CHECK(lp.run_until_complete(std::move(f)) == 1);
+    CHECK(first.rfind(ex.name_prefix() + "_", 0) == 0);  // it ran on the default pool, not another
+    CHECK(first.rfind(other.name_prefix() + "_", 0) != 0);
+    auto second = lp.run_until_complete(uvexec::to_thread(lp, name_of_worker));
+    CHECK(second.rfind(ex.name_prefix() + "_", 0) == 0);
 }
 
 TEST_CASE("to_thread rethrows fn's exception with its type") {
@@ -48,7 +54,7 @@ TEST_CASE("to_thread rethrows fn's exception with its type") {
     }
 }
 
-TEST_CASE("to_thread on a closed loop's pool after the loop is gone is not possible: the pool dies with the loop") {
+TEST_CASE("a borrowed loop that used to_thread closes cleanly: its default pool goes with it") {
     // The default pool is owned by the loop: a loop that used it closes cleanly.
     host_loop host;
     {
