@@ -121,4 +121,15 @@ TEST_CASE("a cancelled shield drops nothing: the inner result is released when i
     CHECK(counted::alive == 0);
 }
 
+TEST_CASE("a shield of a future that never completes leaks nothing (LeakSanitizer checks this in the ASan build)") {
+    auto lp = std::make_unique<uvexec::loop>();
+    auto p = std::make_unique<uvexec::promise<int>>(*lp);
+    {
+        auto s = uvexec::shield(p->get_future());
+        CHECK_FALSE(s.done());
+    }
+    lp.reset();
+    p.reset();  // abandoned after its loop closed: the inner future never completes, and is freed with its link
+}
+
 }  // TEST_SUITE

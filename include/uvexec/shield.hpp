@@ -21,16 +21,20 @@ namespace uvexec::inline v0 {
 namespace detail {
 
 /// Carries the inner future's outcome to the shield's future, unless that
-/// was cancelled meanwhile. Holds both states until the inner one completes.
+/// was cancelled meanwhile. It holds the shield's state; the inner state holds
+/// it (as a waiter that owns itself), so an inner future that never completes
+/// frees it when it goes, with no cycle between the two.
 template <class T>
 struct shield_link final : waiter {
-    shield_link(state_ptr<future_state<T>> o, state_ptr<future_state<T>> i)
-        : waiter(&shield_link::on_fire), outer(std::move(o)), inner(std::move(i)) {}
+    explicit shield_link(state_ptr<future_state<T>> o)
+        : waiter(&shield_link::on_fire, &shield_link::on_drop), outer(std::move(o)) {}
 
-    static void on_fire(waiter* w, future_state_base&) noexcept {
+    static void on_drop(waiter* w) noexcept { delete static_cast<shield_link*>(w); }
+
+    static void on_fire(waiter* w, future_state_base& s) noexcept {
         std::unique_ptr<shield_link> self(static_cast<shield_link*>(w));
         auto& out = *self->outer;
-        auto& in = *self->inner;
+        auto& in = static_cast<future_state<T>&>(s);
         if (out.done()) return;  // the shield was cancelled; the result stays in the inner future
         switch (in.state()) {
             case status::value: break;
@@ -52,7 +56,6 @@ struct shield_link final : waiter {
     }
 
     state_ptr<future_state<T>> outer;
-    state_ptr<future_state<T>> inner;
 };
 
 }  // namespace detail
@@ -64,9 +67,8 @@ template <class T>
 future<T> shield(future<T> f) {
     if (!f.valid()) throw invalid_state_error("uvexec: shield of an empty future");
     if (f.done()) return f;
-    auto inner = detail::state_ptr<detail::future_state<T>>::share(f.state());
     auto outer = detail::state_ptr<detail::future_state<T>>::adopt(new detail::future_state<T>(f.loop_core()));
-    auto* link = new detail::shield_link<T>(outer, inner);
+    auto* link = new detail::shield_link<T>(outer);
     f.state()->link(*link);
     return detail::make_future(std::move(outer));
 }
