@@ -8,7 +8,8 @@ Checks, each failing the test with the compiler's output:
   1. each header under INCLUDE_DIR/uvexec compiles on its own (-fsyntax-only);
   2. a translation unit including every header a thread-only program may use
      (all but process_pool_executor.hpp, codec.hpp and uvexec.hpp) includes no cereal header (the list comes from the compiler's -M output);
-  3. below C++20 a header stops with uvexec's own message saying what to add.
+  3. below C++20 a header stops the compiler at once (two lines: uvexec's own
+     message saying what to add, and the fatal error that stops it).
 """
 import concurrent.futures
 import os
@@ -68,11 +69,14 @@ with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as f:
     path = f.name
 proc = subprocess.run(std17 + ["-fsyntax-only", path], capture_output=True, text=True)
 os.unlink(path)
-first = next((l for l in proc.stderr.splitlines() if "error" in l), "")
+errors = [l for l in proc.stderr.splitlines() if ": error" in l or ": fatal error" in l]
+first = errors[0] if errors else ""
 if proc.returncode == 0 or "uvexec needs C++20" not in first:
     failures.append(f"below C++20 the first error is not uvexec's own: {first!r}")
+elif len(errors) > 2:
+    failures.append(f"below C++20 the compiler does not stop after uvexec's message: {len(errors)} errors")
 else:
-    print("ok: below C++20 the first error says: compile with -std=c++20")
+    print("ok: below C++20 the compiler stops at once with: compile with -std=c++20")
 
 if failures:
     print("\n\n".join(failures))

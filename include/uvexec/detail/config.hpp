@@ -11,4 +11,7 @@
 
 #if !defined(__cplusplus) || __cplusplus < 202002L || !defined(__cpp_impl_coroutine)
 #error "uvexec needs C++20 with coroutines: compile with -std=c++20 (or later)"
+// A missing header is a fatal error: the compiler stops here instead of
+// adding pages of errors from the standard library's <coroutine>.
+#include <uvexec: stopped, see the line above>
 #endif
