@@ -18,6 +18,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -177,29 +178,31 @@ void start_timer(worker_process& w, std::chrono::milliseconds after, uv_timer_cb
     uv_timer_start(&w.timer, cb, static_cast<std::uint64_t>(after.count()), 0);
 }
 
+/// The (type name, what()) an error frame's payload carries; a payload that
+/// does not decode is reported as such.
+std::pair<std::string, std::string> remote_report(std::string_view payload) {
+    std::string type, what;
+    try {
+        decode_from(payload, type, what);
+    } catch (const std::exception& e) {
+        type = "uvexec::error";
+        what = std::string("an undecodable error report: ") + e.what();
+    }
+    return {std::move(type), std::move(what)};
+}
+
 /// The remote_error that an error frame's payload describes.
 std::exception_ptr remote_exception(std::string_view payload) noexcept {
     return error_ptr([&] {
-        std::string type, what;
-        try {
-            decode_from(payload, type, what);
-        } catch (const std::exception& e) {
-            type = "uvexec::error";
-            what = std::string("an undecodable error report: ") + e.what();
-        }
+        auto [type, what] = remote_report(payload);
         return remote_error(std::move(type), std::move(what));
     });
 }
 
 /// The text of a remote error payload (an initializer's failure).
 std::string remote_text(std::string_view payload) {
-    try {
-        std::rethrow_exception(remote_exception(payload));
-    } catch (const remote_error& e) {
-        return e.type_name() + ": " + e.message();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
+    auto [type, what] = remote_report(payload);
+    return type + ": " + what;
 }
 
 }  // namespace
