@@ -216,7 +216,9 @@ TEST_CASE("shutdown() called again by the code its own completion resumes comple
 
 TEST_CASE("a call its worker never started runs elsewhere when that worker dies; only the running one fails") {
     uvexec::loop lp;
-    process_pool_executor ex{{.max_workers = 1, .max_in_flight_per_worker = 3}};
+    // Pipelined whatever their cost, so that they wait inside the worker.
+    process_pool_executor ex{
+        {.max_workers = 1, .max_in_flight_per_worker = 3, .pipeline_below = std::chrono::microseconds::max()}};
     int first = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>));
     // All three go to the one worker at once: the second and third wait in
     // its channel behind the first, which kills the worker.

@@ -523,7 +523,9 @@ TEST_CASE("a call cancelled while it waited inside a worker that then dies never
     const std::string marker = "/tmp/uvexec-test-cancelled-ran-" + std::to_string(::getpid());
     std::remove(marker.c_str());
     uvexec::loop lp;
-    process_pool_executor ex{{.max_workers = 1, .max_in_flight_per_worker = 2}};
+    // Pipelined whatever its cost, so that the second waits inside the worker.
+    process_pool_executor ex{
+        {.max_workers = 1, .max_in_flight_per_worker = 2, .pipeline_below = std::chrono::microseconds::max()}};
     auto dying = lp.run_in_executor(ex, fn<&work::nap_then_segfault>, 100);
     auto behind = lp.run_in_executor(ex, fn<&work::touch>, marker);
     CHECK(ex.queued() == 0);  // both were sent to the one worker

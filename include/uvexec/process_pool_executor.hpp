@@ -95,9 +95,19 @@ struct process_pool_options {
     std::size_t max_frame_size = 256u << 20;
     /// Calls sent to one worker before earlier ones are answered. 1 is
     /// strictly one call per worker; 2 (the default) hides the round trip
-    /// behind the running call; more helps many tiny calls. A call queued
-    /// behind a long one waits for it even if another worker is idle.
+    /// behind the running call; more helps floods of tiny calls. A call is
+    /// pipelined only when every worker is busy, and only behind calls known
+    /// to be short (pipeline_below), so it never waits behind a long call
+    /// while another worker is free.
     int max_in_flight_per_worker = 2;
+    /// Pipeline a call to a busy worker only if each call that worker holds
+    /// is expected to take less than this (learned per function from its
+    /// recent calls; unknown counts as long) and the running one has not yet
+    /// run that long. Past about a millisecond a call hides little of the
+    /// round trip (about 20 µs) and risks waiting behind a long one.
+    /// microseconds::max() pipelines whatever the cost (uvexec 0.1's rule);
+    /// 0 never pipelines. Negative throws std::invalid_argument.
+    std::chrono::microseconds pipeline_below{1000};
     /// A worker that has not said hello by then is killed and the executor
     /// reports it broken (a worker that does not run worker_main, say).
     std::chrono::milliseconds startup_timeout{10000};
@@ -105,7 +115,7 @@ struct process_pool_options {
 
 namespace detail {
 
-class process_pool_core;
+class process_pool_core;  // lib/processes/pool.hpp
 struct worker_process;
 
 /// The executor-managed part of a process-pool call; lives inside the item,
@@ -120,91 +130,14 @@ struct process_call {
     worker_process* worker = nullptr;
     std::string frame;  // the complete CALL frame, id patched in at dispatch
     void (*deliver)(process_call*, std::string_view result) noexcept = nullptr;
+    std::int64_t* cost = nullptr;  // what its function is expected to take (the scheduler's)
+    std::uint64_t sent_at = 0;     // uv_hrtime() when it was sent
     where at = where::nowhere;
 };
 
-class process_pool_core final : public loop_client {
-public:
-    explicit process_pool_core(process_pool_options opts);
-
-    void accept(loop_core& lp);
-    /// Throws ambiguous_function_error when this pool's workers cannot tell
-    /// the function apart from another of the same key (see fn.hpp).
-    void check_identity(const function_identity& id, std::string_view name) const;
-    std::size_t max_frame_size() const noexcept { return opts_.max_frame_size; }
-    /// Takes one reference to call.state.
-    void submit(process_call& call) noexcept;
-    void cancel(process_call& call) noexcept;
-    future<void> shutdown(bool cancel_futures);
-    void orphan() noexcept;
-
-    std::size_t max_workers() const noexcept { return max_workers_; }
-    std::size_t live_workers() const noexcept { return live_workers_; }
-    std::size_t queued() const noexcept { return queued_count_; }
-    std::vector<int> worker_pids() const;
-
-    void on_loop_closing() noexcept override;
-    bool busy() const noexcept override { return live_workers_ != 0 || in_flight_ != 0; }
-    void on_loop_closed() noexcept override;
-
-    // Used by the worker bookkeeping in process_pool_executor.cpp.
-    void on_call_done(worker_process& w) noexcept;
-    void break_pool(std::string_view why) noexcept;
-    void requeue_front(process_call& call) noexcept;
-    /// Takes over the pool's reference to a call whose future was resolved
-    /// (or that ends unanswered): notify_ready() runs its waiters later.
-    void ready(process_call& call) noexcept;
-    /// Runs the waiters of the ready calls, once the pool's state is
-    /// consistent; every entry point from libuv or the user ends with it.
-    void notify_ready() noexcept;
-    void settle() noexcept;
-    /// The worker has exited: it leaves its slot before anything else happens.
-    void forget(worker_process& w) noexcept;
-
-    process_pool_options opts_;
-    std::size_t max_workers_;
-    std::string prefix_;
-    std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
-    std::vector<std::string> spawn_env_;
-    bool names_only_ = false;             // the workers are another executable: only names match
-    loop_core* loop_ = nullptr;
-    std::vector<worker_process*> slots_;  // by slot; null when free
-    std::size_t live_workers_ = 0;
-    std::size_t in_flight_ = 0;           // calls sent and not answered
-    process_call* queue_head_ = nullptr;
-    process_call* queue_tail_ = nullptr;
-    std::size_t queued_count_ = 0;
-    process_call* ready_head_ = nullptr;  // resolved calls whose waiters have not run yet
-    process_call* ready_tail_ = nullptr;
-    std::size_t ready_count_ = 0;
-    std::uint64_t next_id_ = 1;
-    std::size_t busy_ = 0;
-    bool shut_down_ = false;
-    bool broken_ = false;
-    bool orphaned_ = false;
-    bool notifying_ = false;
-    std::string broken_why_;
-    std::vector<future_state<void>*> shutdown_waiters_;
-    std::exception_ptr spawn_error_;
-    bool busy_pumping_ = false;
-    bool closing_ = false;               // the loop is closing: deaths are ours, not failures
-    std::size_t failed_starts_ = 0;      // workers in a row that died before their hello
-
-    /// Consecutive failed starts after which the pool is broken (a worker that
-    /// exits 121, having forgotten worker_main, breaks it at once).
-    static constexpr std::size_t max_failed_starts = 3;
-
-    void retire(worker_process& w) noexcept;
-    /// Sends queued calls to workers, starting workers as needed.
-    void pump() noexcept;
-
-private:
-    ~process_pool_core();
-    /// Starts a worker in slot; null (spawn_error_ says why) if it fails,
-    /// throws (std::bad_alloc) only before anything is opened.
-    worker_process* spawn_worker(std::size_t slot);
-    void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
-};
+/// Cancels a call still queued in its pool; a sent call runs on and its
+/// answer is dropped.
+void cancel_call(process_call& call) noexcept;
 
 template <class R>
 class process_item final : public future_state<R> {
@@ -235,7 +168,7 @@ private:
             self.resolve_exception(std::current_exception());
         }
     }
-    void on_cancel() noexcept override { call_.pool->cancel(call_); }
+    void on_cancel() noexcept override { cancel_call(call_); }
 
     process_call call_;
 };
@@ -270,8 +203,7 @@ public:
                       "uvexec: wrong number of arguments for this function");
         check_serializable<R>(static_cast<args_tuple*>(nullptr));
         const detail::function_identity& id = detail::remote<F>::identity();
-        core_->check_identity(id, detail::remote<F>::name());
-        core_->accept(lp.core());
+        const std::size_t max_frame = admit(lp, id, detail::remote<F>::name());
 
         auto* item = new detail::process_item<R>(&lp.core(), core_);
         auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
@@ -283,12 +215,11 @@ public:
             args_tuple converted(std::forward<A>(args)...);
             std::apply([&](const auto&... a) { detail::encode_into(frame, a...); }, converted);
         }
-        if (frame.size() - 4 > core_->max_frame_size())
+        if (frame.size() - 4 > max_frame)
             throw message_too_large_error("uvexec: the call's arguments take " + std::to_string(frame.size()) +
-                                          " bytes, more than max_frame_size (" +
-                                          std::to_string(core_->max_frame_size()) + ")");
+                                          " bytes, more than max_frame_size (" + std::to_string(max_frame) + ")");
         item->add_ref();  // the executor's reference
-        core_->submit(item->call());
+        enqueue(item->call());
         return f;
     }
 
@@ -304,17 +235,24 @@ public:
     /// Python: executor.shutdown(wait, cancel_futures); see
     /// thread_pool_executor::shutdown. The future completes once every
     /// accepted call has finished and every worker has exited and been reaped.
-    future<void> shutdown(bool cancel_futures = false) { return core_->shutdown(cancel_futures); }
+    future<void> shutdown(bool cancel_futures = false);
 
-    std::size_t max_workers() const noexcept { return core_->max_workers(); }
+    /// Python: executor._max_workers.
+    std::size_t max_workers() const noexcept;
     /// Worker processes alive now (started lazily, up to max_workers()).
-    std::size_t live_workers() const noexcept { return core_->live_workers(); }
+    std::size_t live_workers() const noexcept;
     /// Calls accepted but not yet sent to a worker.
-    std::size_t queued() const noexcept { return core_->queued(); }
+    std::size_t queued() const noexcept;
     /// The pids of the live workers.
-    std::vector<int> worker_pids() const { return core_->worker_pids(); }
+    std::vector<int> worker_pids() const;
 
 private:
+    /// Checks that this pool takes a call of the function id names from lp
+    /// (throws as submit documents); returns max_frame_size.
+    std::size_t admit(loop& lp, const detail::function_identity& id, std::string_view name);
+    /// Hands a complete call to the pool, which takes one reference to its state.
+    void enqueue(detail::process_call& call) noexcept;
+
     template <class R, class... Args>
     static void check_serializable(std::tuple<Args...>*) {
         static_assert((require_serializable<Args>::value && ...) && require_serializable<R>::value);

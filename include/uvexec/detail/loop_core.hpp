@@ -43,6 +43,8 @@ private:
     bool told_closing_ = false;  // on_loop_closing has been called (loop_core::close)
 };
 
+class reaper;  // lib/processes/reaper.cpp
+
 /// The node a spawned coroutine's frame keeps in its loop (see loop::spawn).
 struct spawned_node {
     spawned_node* prev = nullptr;
@@ -90,6 +92,10 @@ public:
         }
     }
 
+    /// The loop's reaper of worker processes, while it watches one
+    /// (lib/processes/reaper.hpp); null otherwise.
+    reaper*& child_reaper() noexcept { return reaper_; }
+
     /// Closes the loop: see loop::~loop for the order. Idempotent.
     void close() noexcept;
 
@@ -118,6 +124,7 @@ private:
 
     spawned_node* spawned_ = nullptr;
     loop_client* clients_ = nullptr;
+    reaper* reaper_ = nullptr;
 };
 
 }  // namespace uvexec::detail

@@ -1,0 +1,437 @@
+// uvexec — the process pool: accepting, dispatching and settling calls.
+#include "pool.hpp"
+
+#include <atomic>
+#include <csignal>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "../error_ptr.hpp"
+#include "spawn.hpp"
+#include "uvexec/detail/worker.hpp"
+#include "worker_process.hpp"
+
+extern char** environ;
+
+namespace uvexec::inline v0 {
+namespace detail {
+
+namespace {
+
+std::size_t checked(const std::optional<int>& v, std::size_t fallback, const char* what) {
+    if (!v) return fallback;
+    if (*v < 1)
+        throw std::invalid_argument(fmt::format("uvexec::process_pool_executor: {} must be at least 1, got {}", what, *v));
+    return static_cast<std::size_t>(*v);
+}
+
+std::atomic<std::uint64_t> process_executor_counter{0};
+
+/// True when a and b name the same file (a worker path given as this executable's).
+bool same_file(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    struct stat sa{}, sb{};
+    return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+std::string this_executable() {
+    char buf[4096];
+    std::size_t n = sizeof(buf);
+    if (int r = uv_exepath(buf, &n); r != 0) throw uv_error(r, "uv_exepath");
+    return std::string(buf, n);
+}
+
+void ignore_sigpipe_by_default() {
+    // Writing to a worker that just died raises SIGPIPE, whose default action
+    // would kill the parent. As Python does at startup, ignore it, unless the
+    // program has chosen a disposition of its own.
+    struct sigaction current{};
+    if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace
+
+process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::move(opts)) {
+    refuse_unserved_worker();
+    ignore_sigpipe_by_default();
+    max_workers_ = checked(opts_.max_workers, std::max(1u, std::thread::hardware_concurrency()), "max_workers");
+    checked(opts_.max_tasks_per_child, 1, "max_tasks_per_child");
+    if (opts_.max_in_flight_per_worker < 1)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_in_flight_per_worker must be at least 1");
+    if (opts_.pipeline_below.count() < 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: pipeline_below must not be negative");
+    if (opts_.max_frame_size < 1024 || opts_.max_frame_size > 0xffffffffu)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_frame_size must be between 1 KiB and 4 GiB - 1");
+    if (opts_.startup_timeout.count() <= 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: startup_timeout must be positive");
+    policy_.max_in_flight = static_cast<std::size_t>(opts_.max_in_flight_per_worker);
+    policy_.max_tasks = static_cast<std::size_t>(opts_.max_tasks_per_child.value_or(0));
+    using us = std::chrono::microseconds;
+    policy_.pipeline_below = opts_.pipeline_below == us::max()
+                                 ? std::numeric_limits<std::uint64_t>::max()
+                                 : static_cast<std::uint64_t>(std::chrono::nanoseconds(opts_.pipeline_below).count());
+    prefix_ = opts_.name_prefix.empty() ? fmt::format("ProcessPoolExecutor-{}", process_executor_counter++)
+                                        : opts_.name_prefix;
+    std::string self = this_executable();
+    std::string exe = opts_.worker_executable.empty() ? self : opts_.worker_executable;
+    names_only_ = !same_file(exe, self);
+    if (opts_.initializer) check_identity(opts_.initializer->id, opts_.initializer->name);
+    spawn_args_ = opts_.launcher;
+    spawn_args_.push_back(exe);
+    spawn_args_.push_back(worker_flag);
+    spawn_args_.push_back(std::to_string(opts_.max_frame_size));
+    // Worker name and parent pid are appended per worker.
+    // The workers' environment is a copy of ours, taken now; ours is never
+    // changed (other threads of the host may be reading it). A worker knows it
+    // is one from its command line.
+    for (char** e = environ; e && *e; ++e) spawn_env_.emplace_back(*e);
+    slots_.assign(max_workers_, nullptr);
+}
+
+process_pool_core::~process_pool_core() = default;
+
+void process_pool_core::accept(loop_core& lp) {
+    if (broken_) throw broken_executor_error("uvexec: the process_pool_executor is broken: " + broken_why_);
+    if (shut_down_) throw executor_shutdown_error("uvexec: cannot submit to a process_pool_executor after shutdown()");
+    if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    if (loop_ == nullptr) {
+        loop_ = &lp;
+        lp.attach(*this);
+    } else if (loop_ != &lp) {
+        throw invalid_state_error("uvexec: this process_pool_executor is bound to another loop; use one executor per loop");
+    }
+}
+
+void process_pool_core::check_identity(const function_identity& id, std::string_view name) const {
+    if (!id.ambiguous) return;
+    if (names_only_ || id.offset == 0)
+        throw ambiguous_function_error(fmt::format(
+            "uvexec: '{}' cannot be sent to a worker: this program has several functions of that qualified name "
+            "and type (file-local functions of one name in several translation units, or in anonymous "
+            "namespaces), and {} can tell them apart only by name. Give one of them another name or external "
+            "linkage",
+            name, names_only_ ? "a worker that is another executable" : "this platform's workers"));
+}
+
+std::vector<int> process_pool_core::worker_pids() const {
+    std::vector<int> v;
+    for (auto* w : slots_)
+        if (w) v.push_back(w->pid);
+    return v;
+}
+
+// --- the queue ---------------------------------------------------------------------
+
+void process_pool_core::submit(process_call& call) noexcept {
+    entry_guard guard(*this);
+    call.at = process_call::where::queued;
+    call.prev = queue_tail_;
+    call.next = nullptr;
+    if (queue_tail_) queue_tail_->next = &call; else queue_head_ = &call;
+    queue_tail_ = &call;
+    ++queued_count_;
+    pump();
+}
+
+void process_pool_core::requeue_front(process_call& call) noexcept {
+    call.at = process_call::where::queued;
+    call.prev = nullptr;
+    call.next = queue_head_;
+    if (queue_head_) queue_head_->prev = &call; else queue_tail_ = &call;
+    queue_head_ = &call;
+    ++queued_count_;
+}
+
+process_call* process_pool_core::pop_queue() noexcept {
+    process_call* c = queue_head_;
+    queue_head_ = c->next;
+    if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
+    c->prev = c->next = nullptr;
+    --queued_count_;
+    return c;
+}
+
+void process_pool_core::cancel(process_call& call) noexcept {
+    if (call.at != process_call::where::queued) return;  // a sent call runs on; its answer is dropped
+    entry_guard guard(*this);
+    if (call.prev) call.prev->next = call.next; else queue_head_ = call.next;
+    if (call.next) call.next->prev = call.prev; else queue_tail_ = call.prev;
+    call.prev = call.next = nullptr;
+    call.at = process_call::where::nowhere;
+    --queued_count_;
+    call.state->release();  // the canceller holds its own reference
+}
+
+void process_pool_core::ready(process_call& call) noexcept {
+    call.at = process_call::where::nowhere;
+    call.prev = nullptr;
+    call.next = nullptr;
+    if (ready_tail_) ready_tail_->next = &call; else ready_head_ = &call;
+    ready_tail_ = &call;
+    ++ready_count_;
+}
+
+void process_pool_core::notify_ready() noexcept {
+    // Only the outermost entry runs waiters; the drain below also takes what
+    // they add meanwhile.
+    if (notifying_ || busy_ != 0) return;
+    notifying_ = true;
+    ++busy_;
+    while (process_call* c = ready_head_) {
+        ready_head_ = c->next;
+        if (ready_head_ == nullptr) ready_tail_ = nullptr;
+        c->next = nullptr;
+        --ready_count_;
+        future_state_base* st = c->state;
+        st->notify_waiters();
+        st->release();
+    }
+    --busy_;
+    notifying_ = false;
+}
+
+// --- dispatch ----------------------------------------------------------------------
+
+worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
+    // Everything that allocates comes first: if it throws, nothing is open yet.
+    worker_process* w = nullptr;
+    std::vector<std::string> args;
+    try {
+        w = new worker_process(*this, opts_.max_frame_size);
+        w->slot = slot;
+        w->name = fmt::format("{}_{}", prefix_, slot);
+        args = spawn_args_;
+        args.push_back(w->name);
+        args.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
+        args.push_back(opts_.stdio_channel ? "stdio" : std::to_string(channel_fd));
+        if (opts_.initializer) {
+            std::string key;
+            put_u64(key, opts_.initializer->id.key);
+            put_u64(key, opts_.initializer->id.offset);
+            append_frame(w->ch.out_pending, frame_kind::init, 0, key);
+        }
+    } catch (...) {
+        delete w;
+        spawn_error_ = std::current_exception();
+        return nullptr;
+    }
+    int ends[2];
+    if (auto e = make_channel(ends)) {
+        delete w;  // no handle is open yet
+        spawn_error_ = std::move(e);
+        return nullptr;
+    }
+    if (auto e = open_worker(*w, *loop_, ends[0])) {  // on failure w is closed (or freed) and ends[0] closed
+        ::close(ends[1]);
+        spawn_error_ = std::move(e);
+        return nullptr;
+    }
+    int pid = 0;
+    auto e = spawn_worker_process(args, spawn_env_, ends[1], opts_.stdio_channel, pid);
+    ::close(ends[1]);
+    if (e) {
+        abandon_worker(*w);
+        spawn_error_ = std::move(e);
+        return nullptr;
+    }
+    worker_started(*w, pid);
+    slots_[slot] = w;
+    ++live_workers_;
+    return w;
+}
+
+void process_pool_core::send_head(worker_process& w, std::uint64_t now) noexcept {
+    process_call& c = *pop_queue();
+    // Patch the call's id and length in, then queue its bytes for writing.
+    char header[frame_header_size];
+    put_frame_header(header, frame_kind::call, next_id_, c.frame.size() - frame_header_size);
+    std::memcpy(c.frame.data(), header, frame_header_size);  // NOLINT: sizes checked at submit
+    try {
+        send_frame(w.ch, c.frame);
+    } catch (...) {  // std::bad_alloc: this call fails, the pool carries on
+        c.state->resolve_exception(std::current_exception());
+        ready(c);
+        return;
+    }
+    ++next_id_;
+    if (c.cost == nullptr) c.cost = costs_.slot(get_u64(c.frame.data() + frame_header_size));
+    c.sent_at = now;
+    push_call(w, c);
+    ++in_flight_;
+}
+
+void process_pool_core::pump() noexcept {
+    if (broken_ || loop_ == nullptr || pumping_) return;
+    pumping_ = true;
+    bool spawn_failed = false;
+    const std::uint64_t now = uv_hrtime();
+    while (queue_head_ != nullptr) {
+        schedule_choice choice =
+            choose_worker(slots_, live_workers_, spawn_failed ? live_workers_ : max_workers_, policy_, now);
+        if (choice.what == schedule_choice::action::spawn) {
+            std::size_t slot = 0;
+            while (slots_[slot] != nullptr) ++slot;
+            choice.to = spawn_worker(slot);
+            if (choice.to == nullptr) {
+                spawn_failed = true;
+                if (live_workers_ == 0) {
+                    fail_queued(false, spawn_error_);
+                    break;
+                }
+                continue;  // to the workers there are
+            }
+        }
+        if (choice.to == nullptr) break;  // every worker is busy: the first to answer takes the next
+        send_head(*choice.to, now);
+    }
+    for (auto* w : slots_)
+        if (w) flush(w->ch);
+    pumping_ = false;
+}
+
+void process_pool_core::on_call_done(worker_process& w) noexcept {
+    if (policy_.max_tasks != 0 && w.calls_sent >= policy_.max_tasks && w.in_flight == 0) retire_worker(w);
+    pump();
+    if (w.in_flight == 0 && w.st == worker_process::state::ready) hold_loop(w, false);
+}
+
+void process_pool_core::forget(worker_process& w) noexcept {
+    if (slots_[w.slot] != &w) return;
+    slots_[w.slot] = nullptr;
+    --live_workers_;
+}
+
+// --- ending ------------------------------------------------------------------------
+
+void process_pool_core::break_pool(std::string_view why) noexcept {
+    if (broken_) return;
+    broken_ = true;
+    auto error = error_ptr([&] {
+        broken_why_ = why;
+        return broken_executor_error("uvexec: the process_pool_executor is broken: " + std::string(why));
+    });
+    fail_queued(false, error);
+    for (auto* w : slots_) {
+        if (!w) continue;
+        while (w->head) {
+            process_call* c = pop_head(*w);
+            c->state->resolve_exception(error);
+            ready(*c);
+        }
+        kill_worker(*w, "the pool is broken");
+    }
+}
+
+void process_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) noexcept {
+    // The whole queue is taken first: what the waiters submit when they run
+    // (later, in notify_ready) is not failed with it.
+    process_call* list = queue_head_;
+    queue_head_ = queue_tail_ = nullptr;
+    queued_count_ = 0;
+    while (process_call* c = list) {
+        list = c->next;
+        c->at = process_call::where::nowhere;
+        if (cancel) c->state->resolve_cancelled();
+        else c->state->resolve_exception(why);
+        ready(*c);
+    }
+}
+
+future<void> process_pool_core::shutdown(bool cancel_futures) {
+    auto w = state_ptr<future_state<void>>::adopt(new future_state<void>(loop_));
+    shutdown_waiters_.reserve(shutdown_waiters_.size() + 1);
+    entry_guard guard(*this);
+    shut_down_ = true;
+    if (cancel_futures) fail_queued(true, {});
+    w->add_ref();
+    shutdown_waiters_.push_back(w.get());
+    return make_future(std::move(w));
+}
+
+void process_pool_core::settle() noexcept {
+    if (busy_ != 0 || ready_count_ != 0) return;
+    if ((shut_down_ || broken_) && queued_count_ == 0 && in_flight_ == 0)
+        for (auto* w : slots_)
+            if (w) retire_worker(*w);
+    if (live_workers_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
+    // A waiter that runs here may call shutdown() again (its future joins the
+    // list) or submit (then the pool is no longer idle): look again.
+    while (!shutdown_waiters_.empty() && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0 &&
+           ready_count_ == 0) {
+        ++busy_;
+        complete_and_release(shutdown_waiters_);
+        --busy_;
+    }
+    if (orphaned_ && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0 && ready_count_ == 0) {
+        if (loop_) loop_->detach(*this);
+        delete this;
+    }
+}
+
+void process_pool_core::orphan() noexcept {
+    entry_guard guard(*this);
+    shut_down_ = true;
+    orphaned_ = true;
+    fail_queued(true, {});
+}
+
+void process_pool_core::on_loop_closing() noexcept {
+    // Nobody can receive answers any more: queued calls are cancelled, sent
+    // ones too, and the workers are killed (and reaped while the loop drains).
+    // Their waiters run later, from the reaping callbacks or on_loop_closed:
+    // the loop is walking its list of clients now, which they might change.
+    ++busy_;
+    closing_ = true;
+    fail_queued(true, {});
+    for (auto* w : slots_) {
+        if (!w) continue;
+        while (w->head) {
+            process_call* c = pop_head(*w);
+            c->state->resolve_cancelled();
+            ready(*c);
+        }
+        kill_worker(*w, "its loop was closed");
+    }
+    --busy_;
+}
+
+void process_pool_core::on_loop_closed() noexcept {
+    entry_guard guard(*this);
+    loop_ = nullptr;
+    closing_ = false;
+}
+
+void cancel_call(process_call& call) noexcept { call.pool->cancel(call); }
+
+}  // namespace detail
+
+// --- the executor ----------------------------------------------------------------
+
+process_pool_executor::process_pool_executor(process_pool_options opts)
+    : core_(new detail::process_pool_core(std::move(opts))) {}
+
+process_pool_executor::~process_pool_executor() { core_->orphan(); }
+
+std::size_t process_pool_executor::admit(loop& lp, const detail::function_identity& id, std::string_view name) {
+    core_->check_identity(id, name);
+    core_->accept(lp.core());
+    return core_->max_frame_size();
+}
+
+void process_pool_executor::enqueue(detail::process_call& call) noexcept { core_->submit(call); }
+
+future<void> process_pool_executor::shutdown(bool cancel_futures) { return core_->shutdown(cancel_futures); }
+std::size_t process_pool_executor::max_workers() const noexcept { return core_->max_workers(); }
+std::size_t process_pool_executor::live_workers() const noexcept { return core_->live_workers(); }
+std::size_t process_pool_executor::queued() const noexcept { return core_->queued(); }
+std::vector<int> process_pool_executor::worker_pids() const { return core_->worker_pids(); }
+
+}  // namespace uvexec
