@@ -108,6 +108,12 @@ struct process_pool_options {
     /// microseconds::max() pipelines whatever the cost (uvexec 0.1's rule);
     /// 0 never pipelines. Negative throws std::invalid_argument.
     std::chrono::microseconds pipeline_below{1000};
+    /// How long a call that was cancelled while it ran (wait_for's timeout, a
+    /// task group, future::cancel) may go on before its worker is killed
+    /// (SIGKILL), reaped and replaced; the calls pipelined behind it run on
+    /// another worker. Unset (the default) keeps Python's behaviour: the call
+    /// runs to its end and its result is dropped. Negative throws.
+    std::optional<std::chrono::milliseconds> cancel_grace{};
     /// A worker that has not said hello by then is killed and the executor
     /// reports it broken (a worker that does not run worker_main, say).
     std::chrono::milliseconds startup_timeout{10000};
@@ -236,6 +242,14 @@ public:
     /// thread_pool_executor::shutdown. The future completes once every
     /// accepted call has finished and every worker has exited and been reaped.
     future<void> shutdown(bool cancel_futures = false);
+    /// Python 3.14: executor.terminate_workers(). Sends SIGTERM to every
+    /// worker: queued calls and calls not yet started are cancelled, running
+    /// ones fail with worker_died_error, and new submissions throw
+    /// executor_shutdown_error. A worker still alive 5 s later is killed. The
+    /// future completes once every worker is reaped.
+    future<void> terminate_workers();
+    /// Python 3.14: executor.kill_workers(). As terminate_workers(), with SIGKILL.
+    future<void> kill_workers();
 
     /// Python: executor._max_workers.
     std::size_t max_workers() const noexcept;

@@ -72,6 +72,8 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
         throw std::invalid_argument("uvexec::process_pool_executor: max_frame_size must be between 1 KiB and 4 GiB - 1");
     if (opts_.startup_timeout.count() <= 0)
         throw std::invalid_argument("uvexec::process_pool_executor: startup_timeout must be positive");
+    if (opts_.cancel_grace && opts_.cancel_grace->count() < 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: cancel_grace must not be negative");
     policy_.max_in_flight = static_cast<std::size_t>(opts_.max_in_flight_per_worker);
     policy_.max_tasks = static_cast<std::size_t>(opts_.max_tasks_per_child.value_or(0));
     using us = std::chrono::microseconds;
@@ -160,7 +162,15 @@ process_call* process_pool_core::pop_queue() noexcept {
 }
 
 void process_pool_core::cancel(process_call& call) noexcept {
-    if (call.at != process_call::where::queued) return;  // a sent call runs on; its answer is dropped
+    if (call.at == process_call::where::sent) {
+        // It runs on (its answer will be dropped), within its cancel_grace if the pool has one.
+        if (opts_.cancel_grace && call.worker != nullptr) {
+            entry_guard guard(*this);
+            watch_cancelled_head(*call.worker);
+        }
+        return;
+    }
+    if (call.at != process_call::where::queued) return;
     entry_guard guard(*this);
     if (call.prev) call.prev->next = call.next; else queue_head_ = call.next;
     if (call.next) call.next->prev = call.prev; else queue_tail_ = call.prev;
@@ -345,15 +355,31 @@ void process_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) 
     }
 }
 
-future<void> process_pool_core::shutdown(bool cancel_futures) {
+/// A future that settle() completes once no call and no worker is left.
+future<void> process_pool_core::shutdown_future() {
     auto w = state_ptr<future_state<void>>::adopt(new future_state<void>(loop_));
     shutdown_waiters_.reserve(shutdown_waiters_.size() + 1);
-    entry_guard guard(*this);
-    shut_down_ = true;
-    if (cancel_futures) fail_queued(true, {});
     w->add_ref();
     shutdown_waiters_.push_back(w.get());
     return make_future(std::move(w));
+}
+
+future<void> process_pool_core::shutdown(bool cancel_futures) {
+    auto f = shutdown_future();
+    entry_guard guard(*this);
+    shut_down_ = true;
+    if (cancel_futures) fail_queued(true, {});
+    return f;
+}
+
+future<void> process_pool_core::stop_workers(int sig, const char* who) {
+    auto f = shutdown_future();
+    entry_guard guard(*this);
+    shut_down_ = true;
+    fail_queued(true, {});
+    for (auto* w : slots_)
+        if (w) stop_worker(*w, sig, who);
+    return f;
 }
 
 void process_pool_core::settle() noexcept {
@@ -429,6 +455,8 @@ std::size_t process_pool_executor::admit(loop& lp, const detail::function_identi
 void process_pool_executor::enqueue(detail::process_call& call) noexcept { core_->submit(call); }
 
 future<void> process_pool_executor::shutdown(bool cancel_futures) { return core_->shutdown(cancel_futures); }
+future<void> process_pool_executor::terminate_workers() { return core_->stop_workers(SIGTERM, "terminate_workers()"); }
+future<void> process_pool_executor::kill_workers() { return core_->stop_workers(SIGKILL, "kill_workers()"); }
 std::size_t process_pool_executor::max_workers() const noexcept { return core_->max_workers(); }
 std::size_t process_pool_executor::live_workers() const noexcept { return core_->live_workers(); }
 std::size_t process_pool_executor::queued() const noexcept { return core_->queued(); }

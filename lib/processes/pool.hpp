@@ -45,6 +45,8 @@ public:
     void submit(process_call& call) noexcept;
     void cancel(process_call& call) noexcept;
     future<void> shutdown(bool cancel_futures);
+    /// terminate_workers() (SIGTERM) and kill_workers() (SIGKILL).
+    future<void> stop_workers(int sig, const char* who);
     void orphan() noexcept;
 
     std::size_t max_workers() const noexcept { return max_workers_; }
@@ -112,6 +114,7 @@ private:
     void notify_ready() noexcept;
     void settle() noexcept;
     process_call* pop_queue() noexcept;
+    future<void> shutdown_future();
 
     process_pool_options opts_;
     std::size_t max_workers_;

@@ -65,6 +65,16 @@ void start_timer(worker_process& w, std::chrono::milliseconds after, uv_timer_cb
 
 void on_grace_over(uv_timer_t* t) noexcept { kill_worker(*static_cast<worker_process*>(t->data), ""); }
 
+void on_cancel_grace_over(uv_timer_t* t) noexcept {
+    auto& w = *static_cast<worker_process*>(t->data);
+    w.cancel_timer = false;
+    guard g(*w.pool);
+    kill_worker(w, [&] {
+        return fmt::format("its call was cancelled and had not returned {} ms later (cancel_grace)",
+                           w.pool->options().cancel_grace->count());
+    });
+}
+
 void on_startup_deadline(uv_timer_t* t) noexcept {
     auto& w = *static_cast<worker_process*>(t->data);
     if (w.said_hello) return;
@@ -123,6 +133,7 @@ void on_hello(worker_process& w, const frame& f) noexcept {
     }
     // Its first call begins now.
     w.head_started = uv_hrtime();
+    watch_cancelled_head(w);
 }
 
 bool on_answer(worker_process& w, const frame& f) noexcept {
@@ -133,7 +144,14 @@ bool on_answer(worker_process& w, const frame& f) noexcept {
     const std::uint64_t now = uv_hrtime();
     process_call* c = pop_head(w);
     call_costs::learn(c->cost, now - std::min(now, w.head_started));
-    if (w.head != nullptr) w.head_started = std::max(now, w.head->sent_at);
+    if (w.cancel_timer) {  // it returned within its cancel_grace
+        w.cancel_timer = false;
+        uv_timer_stop(&w.timer);
+    }
+    if (w.head != nullptr) {
+        w.head_started = std::max(now, w.head->sent_at);
+        watch_cancelled_head(w);
+    }
     if (f.kind == frame_kind::result) c->deliver(c, f.payload);
     else if (!c->state->done()) c->state->resolve_exception(remote_exception(f.payload));
     w.pool->ready(*c);
@@ -156,6 +174,25 @@ void on_init_failed(worker_process& w, const frame& f) noexcept {
     }
 }
 
+/// Takes the calls w holds but has not started, last first, and hands each to
+/// f (which must put it in the pool's queue or ready list). The head is left
+/// when w is running it (has said hello) and running_head_taken is false.
+template <class F>
+void take_unstarted(worker_process& w, bool running_head_taken, F&& f) noexcept {
+    process_call* running = w.said_hello && !running_head_taken ? w.head : nullptr;
+    while (w.tail != nullptr && w.tail != running) {
+        process_call* c = w.tail;
+        w.tail = c->prev;
+        if (w.tail) w.tail->next = nullptr; else w.head = nullptr;
+        c->prev = c->next = nullptr;
+        c->worker = nullptr;
+        c->at = process_call::where::nowhere;
+        --w.in_flight;
+        w.pool->left_worker();
+        f(*c);
+    }
+}
+
 /// w has exited and been reaped: it leaves the pool, the calls it never
 /// started go back to the front of the queue, and the one it was running
 /// fails. Runs inside the caller's entry_guard.
@@ -171,18 +208,10 @@ void finalize_exit(worker_process& w) noexcept {
     // running and the calls behind it were never started.
     const bool started = w.said_hello;
     process_call* running = started && w.head != nullptr ? pop_head(w) : nullptr;
-    while (w.tail != nullptr) {
-        process_call* c = w.tail;
-        w.tail = c->prev;
-        if (w.tail) w.tail->next = nullptr; else w.head = nullptr;
-        c->prev = c->next = nullptr;
-        c->worker = nullptr;
-        c->at = process_call::where::nowhere;
-        --w.in_flight;
-        pool.left_worker();
-        if (c->state->done()) pool.ready(*c);  // cancelled while it waited in the worker: it never runs
-        else pool.requeue_front(*c);
-    }
+    take_unstarted(w, true, [&](process_call& c) {
+        if (c.state->done()) pool.ready(c);  // cancelled while it waited in the worker: it never runs
+        else pool.requeue_front(c);
+    });
 
     if (!started && w.st != worker_process::state::retiring && !pool.ending()) {
         // It died on its own (or missed its start-up deadline). That may be
@@ -372,9 +401,38 @@ void kill_worker_now(worker_process& w) noexcept {
     ::kill(w.pid, SIGKILL);
 }
 
+void watch_cancelled_head(worker_process& w) noexcept {
+    const auto& grace = w.pool->options().cancel_grace;
+    if (!grace || w.cancel_timer || !w.said_hello || w.st != worker_process::state::ready || w.head == nullptr ||
+        !w.head->state->done())
+        return;
+    w.cancel_timer = true;
+    start_timer(w, *grace, &on_cancel_grace_over);
+}
+
+void stop_worker(worker_process& w, int sig, const char* who) noexcept {
+    if (w.exited) return;
+    set_fault(w, [&] { return fmt::format("{} sent it {}", who, signal_name(sig)); });
+    take_unstarted(w, false, [&](process_call& c) {
+        c.state->resolve_cancelled();
+        w.pool->ready(c);
+    });
+    w.st = worker_process::state::dying;  // what it sends from here on is not read
+    w.cancel_timer = false;
+    hold_loop(w, true);                   // its exit is due
+    ::kill(w.pid, sig);
+    if (sig != SIGKILL) {
+        // A worker may handle SIGTERM: its channel's end tells it to exit too,
+        // and past the grace period it is killed.
+        close_once(w, pipe_bit);
+        start_timer(w, retire_grace, &on_grace_over);
+    }
+}
+
 void retire_worker(worker_process& w) noexcept {
     if (w.st == worker_process::state::retiring || w.st == worker_process::state::dying || w.exited) return;
     w.st = worker_process::state::retiring;
+    w.cancel_timer = false;
     hold_loop(w, true);  // its exit is due
     // Closing our end is the worker's signal to exit; the reaper reaps it.
     close_once(w, pipe_bit);

@@ -57,6 +57,7 @@ struct worker_process final : channel_owner {
     std::size_t in_flight = 0;
     std::size_t calls_sent = 0;
     std::uint64_t head_started = 0;  // uv_hrtime() when the head call began running, as far as we know
+    bool cancel_timer = false;       // the timer counts down a cancelled running call's cancel_grace
 
     bool accepting(std::size_t max_tasks) const noexcept {
         return !exited && (st == state::starting || st == state::ready) && (max_tasks == 0 || calls_sent < max_tasks);
@@ -89,6 +90,13 @@ void kill_worker(worker_process& w, Why&& why) noexcept;
 /// Closes w's channel, its signal to exit when done; killed if it has not
 /// exited within a grace period.
 void retire_worker(worker_process& w) noexcept;
+/// If w is running a call whose future was cancelled, starts its
+/// cancel_grace (if the pool has one): past it, w is killed.
+void watch_cancelled_head(worker_process& w) noexcept;
+/// Sends sig to w for terminate_workers()/kill_workers() (who): the calls it
+/// had not started are cancelled, the running one fails when w dies; a
+/// worker that survives a SIGTERM is killed after a grace period.
+void stop_worker(worker_process& w, int sig, const char* who) noexcept;
 /// An idle worker must not keep the host's uv_run alive; a busy, starting or
 /// exiting one must (its answer or exit is still due).
 void hold_loop(worker_process& w, bool hold) noexcept;

@@ -1,0 +1,239 @@
+// Stopping work that runs in a process pool: cancel_grace kills a worker
+// whose cancelled call does not return, terminate_workers() and
+// kill_workers() stop every worker. Nothing is lost: calls a stopped worker
+// had not started run elsewhere or are cancelled, and every worker is reaped.
+//
+// This executable is its own worker. A call that "hangs" blocks on a FIFO
+// (the test's gate), so nothing here waits on the clock.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.hpp"
+
+using namespace test;
+using uvexec::fn;
+using uvexec::future;
+using uvexec::process_pool_executor;
+
+namespace work {
+
+int pid() { return static_cast<int>(::getpid()); }
+/// Says it started (a byte on path.started), then blocks until the test
+/// writes a byte to the FIFO at path; returns its pid.
+int held(std::string path) {
+    int started = ::open((path + ".started").c_str(), O_WRONLY | O_NONBLOCK);  // the test holds it open
+    (void)!::write(started, "s", 1);
+    ::close(started);
+    int fd = ::open(path.c_str(), O_RDONLY);  // the test holds it open for writing: no wait here
+    char c = 0;
+    while (::read(fd, &c, 1) < 0 && errno == EINTR) {
+    }
+    ::close(fd);
+    return static_cast<int>(::getpid());
+}
+/// As held(), but ignores SIGTERM first (before it says it started).
+int held_ignoring_sigterm(std::string path) {
+    std::signal(SIGTERM, SIG_IGN);
+    return held(std::move(path));
+}
+
+}  // namespace work
+
+namespace {
+
+/// A FIFO that held() blocks on until release(), and one on which it says
+/// it started.
+class gate {
+public:
+    gate() : path_("/tmp/uvexec-test-stop-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++)) {
+        for (const std::string& p : {path_, path_ + ".started"}) {
+            ::unlink(p.c_str());
+            REQUIRE(::mkfifo(p.c_str(), 0600) == 0);
+        }
+        // O_RDWR: opening does not wait for the other side.
+        fd_ = ::open(path_.c_str(), O_RDWR | O_NONBLOCK);
+        started_fd_ = ::open((path_ + ".started").c_str(), O_RDWR);
+        REQUIRE((fd_ >= 0 && started_fd_ >= 0));
+    }
+    ~gate() {
+        release(64);
+        ::close(fd_);
+        ::close(started_fd_);
+        ::unlink(path_.c_str());
+        ::unlink((path_ + ".started").c_str());
+    }
+    /// Blocks until n held() calls have started (at most 60 s: a hang guard).
+    void wait_started(int n) {
+        for (int i = 0; i < n; ++i) {
+            pollfd p{started_fd_, POLLIN, 0};
+            REQUIRE(::poll(&p, 1, 60000) == 1);
+            char c = 0;
+            REQUIRE(::read(started_fd_, &c, 1) == 1);
+        }
+    }
+    const std::string& path() const { return path_; }
+    /// Lets n held() calls go (each reads one byte).
+    void release(int n = 1) {
+        const std::string bytes(static_cast<std::size_t>(n), 'x');
+        (void)!::write(fd_, bytes.data(), bytes.size());
+    }
+
+private:
+    static inline int counter_ = 0;
+    std::string path_;
+    int fd_ = -1;
+    int started_fd_ = -1;
+};
+
+bool reaped(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+template <class T>
+uvexec::task<bool> timed_out(future<T> f, std::chrono::milliseconds d) {
+    try {
+        co_await uvexec::wait_for(std::move(f), d);
+    } catch (const uvexec::timeout_error&) {
+        co_return true;
+    }
+    co_return false;
+}
+
+}  // namespace
+
+TEST_CASE("cancel_grace: a cancelled call that does not return has its worker killed and replaced; nothing else is lost") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1,
+                              .max_in_flight_per_worker = 2,
+                              .pipeline_below = std::chrono::microseconds::max(),  // so one waits behind it
+                              .cancel_grace = std::chrono::milliseconds(50)}};
+    int first = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>));
+    gate g;
+    auto hung = lp.run_in_executor(ex, fn<&work::held>, g.path());
+    auto behind = lp.run_in_executor(ex, fn<&work::pid>);  // pipelined behind the hung call, never started
+    CHECK(ex.queued() == 0);
+    CHECK(lp.run_until_complete(timed_out(hung, std::chrono::milliseconds(20))));
+    CHECK(hung.cancelled());
+    // Past the grace period the worker is killed; the call behind it runs on the replacement.
+    int second = lp.run_until_complete(uvexec::wait_for(behind, 60s));  // (a hang guard, not a timing check)
+    CHECK(second != first);
+    CHECK(reaped(first));
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("cancel_grace: a cancelled call that returns within its grace keeps its worker") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1, .cancel_grace = std::chrono::hours(1)}};
+    gate g;
+    auto running = lp.run_in_executor(ex, fn<&work::held>, g.path());
+    int worker = ex.worker_pids().at(0);
+    CHECK(lp.run_until_complete(timed_out(running, std::chrono::milliseconds(20))));
+    g.release();  // it returns; its answer is dropped
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>)) == worker);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("cancel_grace unset (the default): a cancelled call runs to its end on its worker, as in Python") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    gate g;
+    auto running = lp.run_in_executor(ex, fn<&work::held>, g.path());
+    auto next = lp.run_in_executor(ex, fn<&work::pid>);
+    int worker = ex.worker_pids().at(0);
+    CHECK(running.cancel());
+    g.release();
+    CHECK(lp.run_until_complete(next) == worker);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("cancel_grace: negative is refused") {
+    CHECK_THROWS_AS(process_pool_executor({.cancel_grace = std::chrono::milliseconds(-1)}), std::invalid_argument);
+}
+
+TEST_CASE("terminate_workers(): running calls fail naming SIGTERM, the rest are cancelled, every worker is reaped") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 2, .pipeline_below = std::chrono::microseconds::max()}};
+    settle(lp, std::vector{lp.run_in_executor(ex, fn<&work::pid>), lp.run_in_executor(ex, fn<&work::pid>)});
+    REQUIRE(ex.live_workers() == 2);
+    gate g;
+    std::vector<future<int>> running{lp.run_in_executor(ex, fn<&work::held>, g.path()),
+                                     lp.run_in_executor(ex, fn<&work::held>, g.path())};
+    g.wait_started(2);
+    std::vector<future<int>> waiting;
+    for (int i = 0; i < 4; ++i) waiting.push_back(lp.run_in_executor(ex, fn<&work::pid>));
+    CHECK(ex.queued() == 2);  // two pipelined, two queued
+    auto pids = ex.worker_pids();
+    lp.run_until_complete(uvexec::wait_for(ex.terminate_workers(), 60s));
+    for (int pid : pids) CHECK(reaped(pid));
+    for (auto& f : waiting) CHECK(f.cancelled());
+    for (auto& f : running) {
+        REQUIRE(f.done());
+        try {
+            f.result();
+            FAIL("a running call survived terminate_workers()");
+        } catch (const uvexec::worker_died_error& e) {
+            CHECK(e.term_signal() == SIGTERM);
+            CHECK(std::string(e.what()).find("terminate_workers() sent it SIGTERM") != std::string::npos);
+        }
+    }
+    CHECK(ex.live_workers() == 0);
+    CHECK_THROWS_AS(lp.run_in_executor(ex, fn<&work::pid>), uvexec::executor_shutdown_error);
+}
+
+TEST_CASE("terminate_workers(): a worker that ignores SIGTERM goes at its channel's end") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>)) > 0);  // it has said hello
+    gate g;
+    auto f = lp.run_in_executor(ex, fn<&work::held_ignoring_sigterm>, g.path());
+    int pid = ex.worker_pids().at(0);
+    g.wait_started(1);
+    auto stopped = ex.terminate_workers();
+    CHECK(::kill(pid, 0) == 0);  // SIGTERM did not end it
+    g.release();  // it returns from its call, then reads its channel's end and exits
+    lp.run_until_complete(uvexec::wait_for(stopped, 60s));
+    CHECK(reaped(pid));
+    REQUIRE(f.done());
+    CHECK_THROWS_AS(f.result(), uvexec::worker_died_error);  // it exited while the pool counted it as running
+}
+
+TEST_CASE("kill_workers(): SIGKILL to every worker, the running call fails with it, the future completes once reaped") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>)) > 0);
+    gate g;
+    auto f = lp.run_in_executor(ex, fn<&work::held_ignoring_sigterm>, g.path());
+    int pid = ex.worker_pids().at(0);
+    g.wait_started(1);
+    lp.run_until_complete(uvexec::wait_for(ex.kill_workers(), 60s));
+    CHECK(reaped(pid));
+    REQUIRE(f.done());
+    try {
+        f.result();
+        FAIL("the call survived kill_workers()");
+    } catch (const uvexec::worker_died_error& e) {
+        CHECK(e.term_signal() == SIGKILL);
+    }
+}
+
+TEST_CASE("terminate_workers() on a pool that never started a worker completes at once") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 2}};
+    auto stopped = ex.terminate_workers();
+    CHECK(stopped.done());
+    CHECK_THROWS_AS(lp.run_in_executor(ex, fn<&work::pid>), uvexec::executor_shutdown_error);
+}
+
+int main(int argc, char** argv) {
+    uvexec::worker_main(argc, argv);
+    doctest::Context context(argc, argv);
+    return context.run();
+}
