@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gate.hpp"
 #include "support.hpp"
 
 using namespace test;
@@ -31,15 +32,7 @@ namespace work {
 int pid() { return static_cast<int>(::getpid()); }
 int quick(int) { return static_cast<int>(::getpid()); }
 int first_of_its_kind() { return static_cast<int>(::getpid()); }
-/// Blocks until the test writes a byte to the FIFO at path; returns its pid.
-int held(std::string path) {
-    int fd = ::open(path.c_str(), O_RDONLY);  // the test holds it open for writing: no wait here
-    char c = 0;
-    while (::read(fd, &c, 1) < 0 && errno == EINTR) {
-    }
-    ::close(fd);
-    return static_cast<int>(::getpid());
-}
+int held(std::string path) { return test::held(std::move(path)); }
 /// Runs for about ms milliseconds (the work, not a synchronisation).
 int busy_for(int ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
@@ -49,36 +42,6 @@ int busy_for(int ms) {
 }  // namespace work
 
 namespace {
-
-/// A FIFO that held() blocks on until release().
-class gate {
-public:
-    gate() : path_("/tmp/uvexec-test-gate-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++)) {
-        ::unlink(path_.c_str());
-        REQUIRE(::mkfifo(path_.c_str(), 0600) == 0);
-        fd_ = ::open(path_.c_str(), O_RDWR | O_NONBLOCK);  // O_RDWR: opening does not wait for a reader
-        REQUIRE(fd_ >= 0);
-    }
-    ~gate() {
-        release();
-        ::close(fd_);
-        ::unlink(path_.c_str());
-    }
-    const std::string& path() const { return path_; }
-    /// Lets n held() calls go (each reads one byte).
-    void release(int n = 1) {
-        if (released_) return;
-        released_ = true;
-        const std::string bytes(static_cast<std::size_t>(n), 'x');
-        REQUIRE(::write(fd_, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
-    }
-
-private:
-    static inline int counter_ = 0;
-    std::string path_;
-    int fd_ = -1;
-    bool released_ = false;
-};
 
 /// Runs lp until every future in fs is done, or fails the test after a
 /// generous bound (a hang guard, not a timing check).
