@@ -137,6 +137,7 @@ struct process_call {
     std::string frame;  // the complete CALL frame, id patched in at dispatch
     void (*deliver)(process_call*, std::string_view result) noexcept = nullptr;
     std::int64_t* cost = nullptr;  // what its function is expected to take (the scheduler's)
+    std::int64_t expected = 0;     // that estimate when it was sent; -1: not known to be short
     std::uint64_t sent_at = 0;     // uv_hrtime() when it was sent
     where at = where::nowhere;
 };

@@ -274,6 +274,7 @@ void process_pool_core::send_head(worker_process& w, std::uint64_t now) noexcept
     ++next_id_;
     if (c.cost == nullptr) c.cost = costs_.slot(get_u64(c.frame.data() + frame_header_size));
     c.sent_at = now;
+    count_sent(w, c, policy_);
     push_call(w, c);
     ++in_flight_;
 }

@@ -32,20 +32,30 @@ bool expected_free_in(const worker_process& w, const schedule_policy& policy, st
         backlog = w.in_flight;  // no estimates: the shortest FIFO
         return true;
     }
+    if (w.long_calls != 0) return false;  // one of its calls is not known to be short
     const std::uint64_t running_for = now > w.head_started ? now - w.head_started : 0;
     if (running_for >= policy.pipeline_below) return false;  // longer than it should be
-    std::uint64_t total = 0;
-    for (const process_call* c = w.head; c != nullptr; c = c->next) {
-        if (c->cost == nullptr || *c->cost == call_costs::unknown ||
-            static_cast<std::uint64_t>(*c->cost) >= policy.pipeline_below)
-            return false;
-        total += static_cast<std::uint64_t>(*c->cost);
-    }
-    backlog = total > running_for ? total - running_for : 0;
+    backlog = w.backlog_ns > running_for ? w.backlog_ns - running_for : 0;
     return true;
 }
 
 }  // namespace
+
+void count_sent(worker_process& w, process_call& c, const schedule_policy& policy) noexcept {
+    const std::int64_t cost = c.cost != nullptr ? *c.cost : call_costs::unknown;
+    if (cost == call_costs::unknown || static_cast<std::uint64_t>(cost) >= policy.pipeline_below) {
+        c.expected = -1;
+        ++w.long_calls;
+    } else {
+        c.expected = cost;
+        w.backlog_ns += static_cast<std::uint64_t>(cost);
+    }
+}
+
+void count_left(worker_process& w, const process_call& c) noexcept {
+    if (c.expected < 0) --w.long_calls;
+    else w.backlog_ns -= static_cast<std::uint64_t>(c.expected);
+}
 
 schedule_choice choose_worker(const std::vector<worker_process*>& slots, std::size_t live, std::size_t max_workers,
                               const schedule_policy& policy, std::uint64_t now) noexcept {

@@ -55,6 +55,11 @@ struct schedule_choice {
     worker_process* to = nullptr;  // with send
 };
 
+/// c was sent to w: w's backlog counts it, at its function's estimate now.
+void count_sent(worker_process& w, process_call& c, const schedule_policy& policy) noexcept;
+/// c left w (answered, or taken back): w's backlog no longer counts it.
+void count_left(worker_process& w, const process_call& c) noexcept;
+
 /// Where the next call goes: a worker, a new worker, or nowhere yet. now is
 /// uv_hrtime(); live counts the workers in slots.
 schedule_choice choose_worker(const std::vector<worker_process*>& slots, std::size_t live, std::size_t max_workers,

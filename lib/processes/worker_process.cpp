@@ -188,6 +188,7 @@ void take_unstarted(worker_process& w, bool running_head_taken, F&& f) noexcept 
         c->worker = nullptr;
         c->at = process_call::where::nowhere;
         --w.in_flight;
+        count_left(w, *c);
         w.pool->left_worker();
         f(*c);
     }
@@ -377,6 +378,7 @@ process_call* pop_head(worker_process& w) noexcept {
     c->at = process_call::where::nowhere;
     c->worker = nullptr;
     --w.in_flight;
+    count_left(w, *c);
     w.pool->left_worker();
     return c;
 }

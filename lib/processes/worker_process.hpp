@@ -27,6 +27,7 @@
 
 #include "channel.hpp"
 #include "reaper.hpp"
+#include "scheduler.hpp"
 #include "uvexec/process_pool_executor.hpp"
 
 namespace uvexec::inline v0::detail {
@@ -58,6 +59,8 @@ struct worker_process final : channel_owner {
     std::size_t calls_sent = 0;
     std::uint64_t head_started = 0;  // uv_hrtime() when the head call began running, as far as we know
     bool cancel_timer = false;       // the timer counts down a cancelled running call's cancel_grace
+    std::uint64_t backlog_ns = 0;    // expected time of its calls known to be short (scheduler.cpp)
+    std::size_t long_calls = 0;      // its calls not known to be short
 
     bool accepting(std::size_t max_tasks) const noexcept {
         return !exited && (st == state::starting || st == state::ready) && (max_tasks == 0 || calls_sent < max_tasks);
