@@ -63,27 +63,10 @@ struct worker_process {
     std::size_t in_flight = 0;
     std::size_t calls_sent = 0;
 
-    // Bytes for the channel: small frames copied into out_pending; a large
-    // call frame is not copied but referenced where it lies (a reference to
-    // its call's state keeps it alive until written), in order, at offset at
-    // of out_pending. One uv_write of several buffers (writev) takes them all.
-    struct large_frame {
-        std::size_t at;
-        future_state_base* state;
-        uv_buf_t buf;
-    };
     std::string out_pending, out_writing;
-    std::vector<large_frame> large_pending, large_writing;
-    std::vector<uv_buf_t> bufs;
     frame_decoder decoder;
 
     explicit worker_process(std::size_t max_frame) : decoder(max_frame) {}
-    ~worker_process() {
-        for (auto* v : {&large_pending, &large_writing})
-            for (auto& l : *v) l.state->release();
-    }
-    worker_process(const worker_process&) = delete;
-    worker_process& operator=(const worker_process&) = delete;
 
     bool accepting(std::size_t max_tasks) const noexcept {
         return !exited && (st == state::starting || st == state::ready) && (max_tasks == 0 || calls_sent < max_tasks);
@@ -233,64 +216,23 @@ void finalize_exit(worker_process& w) noexcept;
 
 void flush(worker_process& w) noexcept;
 
-/// Frames from this size up are written from the call's own frame, not copied.
-constexpr std::size_t copy_below = 16 * 1024;
-
-/// Queues call c's frame for w's channel (written by flush). Throws
-/// std::bad_alloc (nothing queued then).
-void queue_frame(worker_process& w, process_call& c) {
-    if (c.frame.size() < copy_below) {
-        w.out_pending.append(c.frame);
-        return;
-    }
-    w.large_pending.push_back({w.out_pending.size(), c.state, uv_buf_init(c.frame.data(), static_cast<unsigned>(c.frame.size()))});
-    c.state->add_ref();
-}
-
-void release_large(std::vector<worker_process::large_frame>& v) noexcept {
-    for (auto& l : v) l.state->release();
-    v.clear();
-}
-
 void on_written(uv_write_t* req, int status) noexcept {
     auto& w = *static_cast<worker_process*>(req->data);
     w.writing = false;
     w.out_writing.clear();
-    release_large(w.large_writing);
     if (status < 0) return;  // the worker is gone; its exit callback settles its calls
     flush(w);
 }
 
 void flush(worker_process& w) noexcept {
-    if (w.writing || (w.out_pending.empty() && w.large_pending.empty()) ||
-        uv_is_closing(reinterpret_cast<uv_handle_t*>(&w.pipe)))
-        return;
+    if (w.writing || w.out_pending.empty() || uv_is_closing(reinterpret_cast<uv_handle_t*>(&w.pipe))) return;
     w.out_writing.swap(w.out_pending);
-    w.large_writing.swap(w.large_pending);
-    // The copied bytes, with the large frames between them where they belong.
-    w.bufs.clear();
-    std::size_t at = 0;
-    auto copied_until = [&](std::size_t end) {
-        if (end > at) w.bufs.push_back(uv_buf_init(w.out_writing.data() + at, static_cast<unsigned>(end - at)));
-        at = end;
-    };
-    int r = UV_ENOMEM;
-    try {
-        for (auto& l : w.large_writing) {
-            copied_until(l.at);
-            w.bufs.push_back(l.buf);
-        }
-        copied_until(w.out_writing.size());
-        w.write_req.data = &w;
-        r = uv_write(&w.write_req, reinterpret_cast<uv_stream_t*>(&w.pipe), w.bufs.data(),
-                     static_cast<unsigned>(w.bufs.size()), &on_written);
-    } catch (...) {  // std::bad_alloc
-    }
-    if (r == 0) {
+    uv_buf_t buf = uv_buf_init(w.out_writing.data(), static_cast<unsigned>(w.out_writing.size()));
+    w.write_req.data = &w;
+    if (uv_write(&w.write_req, reinterpret_cast<uv_stream_t*>(&w.pipe), &buf, 1, &on_written) == 0) {
         w.writing = true;
     } else {
         w.out_writing.clear();
-        release_large(w.large_writing);
         kill_worker(w, "its channel could not be written to");
     }
 }
@@ -869,7 +811,7 @@ void process_pool_core::pump() noexcept {
         if (queue_head_) queue_head_->prev = nullptr; else queue_tail_ = nullptr;
         --queued_count_;
         try {
-            queue_frame(*best, c);
+            best->out_pending.append(c.frame);
         } catch (...) {  // std::bad_alloc: this call fails, the pool carries on
             c.state->resolve_exception(std::current_exception());
             ready(c);
