@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include <fmt/format.h>
@@ -47,7 +48,7 @@ void append_frame(std::string& out, frame_kind kind, std::uint64_t id, std::stri
     out.append(payload);
 }
 
-frame_decoder::~frame_decoder() { delete[] buf_; }
+frame_decoder::~frame_decoder() { ::operator delete(buf_); }
 
 frame_decoder::frame_decoder(frame_decoder&& o) noexcept
     : max_frame_(o.max_frame_), buf_(std::exchange(o.buf_, nullptr)), cap_(std::exchange(o.cap_, 0)),
@@ -56,7 +57,7 @@ frame_decoder::frame_decoder(frame_decoder&& o) noexcept
 
 frame_decoder& frame_decoder::operator=(frame_decoder&& o) noexcept {
     if (this != &o) {
-        delete[] buf_;
+        ::operator delete(buf_);
         max_frame_ = o.max_frame_;
         buf_ = std::exchange(o.buf_, nullptr);
         cap_ = std::exchange(o.cap_, 0);
@@ -96,11 +97,12 @@ void frame_decoder::grow(std::size_t min_room) {
         if (len <= max_frame_) target = std::min(target, std::size_t(4) + len + min_room);
     }
     const std::size_t new_cap = std::max(unread + min_room, target);
-    // operator new, as everywhere else in uvexec: a program's own allocator
-    // and its out-of-memory handling see it (std::bad_alloc).
-    auto* p = new char[new_cap];
+    // ::operator new, as std::allocator does: a program's own replacement of
+    // it sees the buffer (also under ASan, whose operator new[] would not
+    // forward to it), and running out of memory throws std::bad_alloc.
+    auto* p = static_cast<char*>(::operator new(new_cap));
     if (unread > 0) std::memcpy(p, buf_ + begin_, unread);
-    delete[] buf_;
+    ::operator delete(buf_);
     moved_ += unread;
     buf_ = p;
     cap_ = new_cap;

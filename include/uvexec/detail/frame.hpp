@@ -97,7 +97,7 @@ private:
     void grow(std::size_t min_room);
 
     std::size_t max_frame_;
-    char* buf_ = nullptr;  // new char[cap_]
+    char* buf_ = nullptr;  // ::operator new(cap_)
     std::size_t cap_ = 0;
     std::size_t begin_ = 0, end_ = 0;
     std::size_t moved_ = 0;
