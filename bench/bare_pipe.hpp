@@ -79,8 +79,9 @@ struct child {
     int fd = -1;
 };
 
-/// Starts this executable as a bare echo child.
-inline child spawn() {
+/// Starts this executable as a bare echo child (argv[1] = flag; another
+/// benchmark's child may be named by another flag).
+inline child spawn(const char* flag_arg = child_flag) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw std::runtime_error("socketpair");
     posix_spawn_file_actions_t fa;
@@ -97,7 +98,7 @@ inline child spawn() {
     }
     char exe[] = "/proc/self/exe";
     char flag[64];
-    std::snprintf(flag, sizeof(flag), "%s", child_flag);
+    std::snprintf(flag, sizeof(flag), "%s", flag_arg);
     char* argv[] = {exe, flag, nullptr};
     child c;
     int r = ::posix_spawn(&c.pid, exe, &fa, nullptr, argv, environ);

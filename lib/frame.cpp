@@ -1,7 +1,10 @@
 // uvexec — frame encoding and the incremental frame decoder.
 #include "uvexec/detail/frame.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <new>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -45,19 +48,66 @@ void append_frame(std::string& out, frame_kind kind, std::uint64_t id, std::stri
     out.append(payload);
 }
 
-char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {
-    if (begin_ == end_) begin_ = end_ = 0;
-    if (buf_.size() - end_ < min_room) {
-        // Move the unread tail to the front before growing.
-        if (begin_ > 0) {
-            std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
-            end_ -= begin_;
-            begin_ = 0;
-        }
-        if (buf_.size() - end_ < min_room) buf_.resize(end_ + min_room);
+frame_decoder::~frame_decoder() { ::operator delete(buf_); }
+
+frame_decoder::frame_decoder(frame_decoder&& o) noexcept
+    : max_frame_(o.max_frame_), buf_(std::exchange(o.buf_, nullptr)), cap_(std::exchange(o.cap_, 0)),
+      begin_(std::exchange(o.begin_, 0)), end_(std::exchange(o.end_, 0)), moved_(o.moved_), corrupt_(o.corrupt_),
+      error_(std::move(o.error_)) {}
+
+frame_decoder& frame_decoder::operator=(frame_decoder&& o) noexcept {
+    if (this != &o) {
+        ::operator delete(buf_);
+        max_frame_ = o.max_frame_;
+        buf_ = std::exchange(o.buf_, nullptr);
+        cap_ = std::exchange(o.cap_, 0);
+        begin_ = std::exchange(o.begin_, 0);
+        end_ = std::exchange(o.end_, 0);
+        moved_ = o.moved_;
+        corrupt_ = o.corrupt_;
+        error_ = std::move(o.error_);
     }
-    room = buf_.size() - end_;
-    return buf_.data() + end_;
+    return *this;
+}
+
+char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {
+    if (begin_ == end_) begin_ = end_ = 0;  // everything consumed: start again at the front, no copy
+    if (cap_ - end_ < min_room) grow(min_room);
+    room = cap_ - end_;
+    return buf_ + end_;
+}
+
+void frame_decoder::grow(std::size_t min_room) {
+    const std::size_t unread = end_ - begin_;
+    if (begin_ > 0 && unread <= begin_) {
+        // The bytes consumed since the buffer last moved pay for moving the
+        // unread ones (a partial frame after the consumed ones): linear in all.
+        std::memmove(buf_, buf_ + begin_, unread);
+        moved_ += unread;
+        begin_ = 0;
+        end_ = unread;
+        if (cap_ - end_ >= min_room) return;
+    }
+    // Grow with what has arrived: to twice the unread bytes at most, or to the
+    // frame being read and a read's room if its header says less (the header
+    // alone is never trusted with more), and always by the room asked for.
+    std::size_t target = 2 * unread;
+    if (unread >= 4) {
+        std::uint32_t len = get_u32(buf_ + begin_);
+        if (len <= max_frame_) target = std::min(target, std::size_t(4) + len + min_room);
+    }
+    const std::size_t new_cap = std::max(unread + min_room, target);
+    // ::operator new, as std::allocator does: a program's own replacement of
+    // it sees the buffer (also under ASan, whose operator new[] would not
+    // forward to it), and running out of memory throws std::bad_alloc.
+    auto* p = static_cast<char*>(::operator new(new_cap));
+    if (unread > 0) std::memcpy(p, buf_ + begin_, unread);
+    ::operator delete(buf_);
+    moved_ += unread;
+    buf_ = p;
+    cap_ = new_cap;
+    begin_ = 0;
+    end_ = unread;
 }
 
 void frame_decoder::feed(const char* data, std::size_t n) {
@@ -78,20 +128,14 @@ frame_decoder::status frame_decoder::next(frame& f) {
     if (corrupt_) return status::corrupt;
     std::size_t avail = end_ - begin_;
     if (avail < 4) return status::need_more;
-    const char* p = buf_.data() + begin_;
+    const char* p = buf_ + begin_;
     std::uint32_t len = get_u32(p);
     if (len < 9) return fail(fmt::format("frame length {} is shorter than a frame header", len));
     if (len > max_frame_)
         return fail(fmt::format("frame length {} exceeds the maximum frame size {}", len, max_frame_));
-    if (avail < 4 + std::size_t(len)) {
-        // Make sure the whole frame will fit without reading more than it.
-        if (buf_.size() - begin_ < 4 + std::size_t(len)) {
-            std::size_t room = 0;
-            prepare(room, 4 + std::size_t(len) - avail);
-        }
-        return status::need_more;
-    }
-    p = buf_.data() + begin_;
+    // Not complete: wait for its bytes; the buffer grows as they arrive
+    // (prepare), never from the length alone.
+    if (avail < 4 + std::size_t(len)) return status::need_more;
     f.kind = static_cast<frame_kind>(static_cast<unsigned char>(p[4]));
     f.id = get_u64(p + 5);
     f.payload = std::string_view(p + frame_header_size, len - 9);

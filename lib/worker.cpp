@@ -89,7 +89,9 @@ void answer_error(int fd, std::string& out, frame_kind kind, std::uint64_t id, c
     write_all(fd, out);
 }
 
-void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, std::string& result) {
+/// Runs a call and writes its answer. The result is encoded straight into
+/// out behind a header patched afterwards: one copy (the encoding), then write().
+void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out) {
     if (f.payload.size() < 16) {
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function identity");
         return;
@@ -100,22 +102,22 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, s
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", why);
         return;
     }
-    result.clear();
+    out.clear();
+    out.resize(frame_header_size);  // patched below, once the result's size is known
     try {
-        fn(f.payload.substr(16), result);
+        fn(f.payload.substr(16), out);  // the arguments are decoded from the frame where it lies
     } catch (...) {
         auto [type, what] = describe_current();
         answer_error(fd, out, frame_kind::error, f.id, type, what);
         return;
     }
-    if (result.size() + 9 > max_frame) {
+    const std::size_t size = out.size() - frame_header_size;
+    if (size + 9 > max_frame) {
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::message_too_large_error",
-                     fmt::format("the result takes {} bytes, more than max_frame_size ({})", result.size(), max_frame));
+                     fmt::format("the result takes {} bytes, more than max_frame_size ({})", size, max_frame));
         return;
     }
-    out.clear();
-    append_frame_header(out, frame_kind::result, f.id, result.size());
-    out.append(result);
+    put_frame_header(out.data(), frame_kind::result, f.id, size);
     write_all(fd, out);
 }
 
@@ -139,7 +141,7 @@ void run_init(int fd, const frame& f, std::string& out) {
 }
 
 [[noreturn]] void serve(int in, int fd, std::size_t max_frame) {
-    std::string out, result;
+    std::string out;
     append_frame_header(out, frame_kind::hello, static_cast<std::uint64_t>(::getpid()), 4);
     encode_into(out, protocol_version);
     write_all(fd, out);
@@ -165,7 +167,7 @@ void run_init(int fd, const frame& f, std::string& out) {
             if (st == frame_decoder::status::need_more) break;
             if (st == frame_decoder::status::corrupt) die(3, "corrupt frame from the parent: " + dec.error());
             switch (f.kind) {
-                case frame_kind::call: run_call(fd, max_frame, f, out, result); break;
+                case frame_kind::call: run_call(fd, max_frame, f, out); break;
                 case frame_kind::init: run_init(fd, f, out); break;
                 default: die(3, fmt::format("unexpected frame kind {} from the parent", static_cast<int>(f.kind)));
             }

@@ -115,6 +115,7 @@ std::size_t count_bytes(const std::vector<char>& v) {
     return n;
 }
 std::vector<char> make_bytes(std::size_t n) { return std::vector<char>(n, 'y'); }
+std::string echo(std::string s) { return s; }
 
 int init_value = 0;
 void init() { init_value = 42; }
@@ -256,6 +257,40 @@ TEST_CASE("payloads of tens of MiB cross both ways") {
     CHECK(back.size() == (40u << 20));
     CHECK(back[12345] == 'y');
     lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("large and small calls pipelined to one worker arrive whole and in order") {
+    // Large call frames are written from the calls themselves, small ones
+    // copied into a batch: one write interleaves both.
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1, .max_in_flight_per_worker = 8}};
+    std::vector<std::string> args;
+    for (int i = 0; i < 12; ++i) {
+        std::size_t n = i % 3 == 1 ? (std::size_t{3} << 20) + static_cast<std::size_t>(i) : static_cast<std::size_t>(10 + i);
+        std::string s(n, '\0');
+        for (std::size_t k = 0; k < n; ++k) s[k] = static_cast<char>('a' + (k + static_cast<std::size_t>(i)) % 26);
+        args.push_back(std::move(s));
+    }
+    std::vector<future<std::string>> fs;
+    for (auto& a : args) fs.push_back(lp.run_in_executor(ex, fn<&work::echo>, a));
+    settle(lp, fs);
+    for (std::size_t i = 0; i < fs.size(); ++i) CHECK(fs[i].result() == args[i]);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a large argument still being written when the loop is destroyed is cancelled cleanly") {
+    // The worker has not even started: the 64 MiB frame is still being
+    // written (from the call itself) when the loop closes and cancels the call.
+    process_pool_executor ex{{.max_workers = 1}};
+    future<work::span> napping;
+    future<std::string> big;
+    {
+        uvexec::loop lp;
+        napping = lp.run_in_executor(ex, fn<&work::nap>, 5000);
+        big = lp.run_in_executor(ex, fn<&work::echo>, std::string(64u << 20, 'q'));
+    }
+    CHECK(napping.cancelled());
+    CHECK(big.cancelled());
 }
 
 TEST_CASE("a message over max_frame_size is refused with a clear error, on either side") {

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include <cereal/archives/binary.hpp>
 #include <cereal/types/array.hpp>
@@ -167,6 +168,31 @@ protected:
 private:
     std::string& s_;
 };
+
+template <class T>
+struct is_std_vector : std::false_type {};
+template <class T, class A>
+struct is_std_vector<std::vector<T, A>> : std::true_type {};
+
+/// The bytes cereal's binary archive of v takes, when that is cheap to know
+/// (arithmetic values, std::string, std::vector of arithmetic values); 0
+/// otherwise. Only a hint: the frame is reserved with it, so that a large
+/// argument or result is encoded into its frame without regrowing it.
+template <class T>
+std::size_t encoded_size_hint(const T& v) noexcept {
+    if constexpr (std::is_arithmetic_v<T>) {
+        return sizeof(T);
+    } else if constexpr (std::is_same_v<T, std::string>) {
+        return sizeof(std::uint64_t) + v.size();
+    } else if constexpr (is_std_vector<T>::value) {
+        if constexpr (std::is_arithmetic_v<typename T::value_type> && !std::is_same_v<typename T::value_type, bool>)
+            return sizeof(std::uint64_t) + v.size() * sizeof(typename T::value_type);
+        else
+            return 0;
+    } else {
+        return 0;
+    }
+}
 
 /// Appends the archive of values to out.
 template <class... T>

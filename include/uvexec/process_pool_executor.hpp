@@ -215,10 +215,13 @@ public:
         auto* item = new detail::process_item<R>(&lp.core(), core_);
         auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
         std::string& frame = item->call().frame;
+        frame.reserve(detail::frame_header_size + 16 + (std::size_t{0} + ... + detail::encoded_size_hint(args)));
         detail::append_frame_header(frame, detail::frame_kind::call, 0, 0);  // length and id patched later
         detail::put_u64(frame, id.key);
         detail::put_u64(frame, id.offset);
-        {
+        if constexpr (std::is_same_v<args_tuple, std::tuple<std::remove_cvref_t<A>...>>) {
+            detail::encode_into(frame, args...);  // already the parameters' types: encoded where they are
+        } else {
             args_tuple converted(std::forward<A>(args)...);
             std::apply([&](const auto&... a) { detail::encode_into(frame, a...); }, converted);
         }

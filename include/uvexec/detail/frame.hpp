@@ -2,9 +2,10 @@
 //
 // A frame is: u32 length (little-endian, counts everything after itself),
 // u8 kind, u64 id (little-endian), then length - 9 bytes of payload. Both the
-// parent and the worker decode a byte stream with frame_decoder, which never
-// allocates more than max_frame bytes for one frame, whatever it is fed, and
-// reports a corrupt stream instead of guessing.
+// parent and the worker decode a byte stream with frame_decoder, whose memory
+// grows with the bytes it receives (never from a length it reads), never
+// beyond max_frame plus a read's room, and which reports a corrupt stream
+// instead of guessing.
 #pragma once
 
 #include "uvexec/detail/config.hpp"
@@ -13,7 +14,6 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <vector>
 
 namespace uvexec::inline v0::detail {
 
@@ -51,11 +51,27 @@ void put_u64(std::string& out, std::uint64_t v);
 std::uint64_t get_u64(const char* p) noexcept;
 
 /// Incremental decoder of a frame stream.
+///
+/// Its buffer grows only with the bytes that arrive, never from a header: a
+/// header announcing 200 MiB followed by nothing costs nothing. It grows to at
+/// most twice the unread bytes (or the frame being read, plus the room a read
+/// asks for), so a large frame is read in place, in reads as large as the
+/// bytes already held, and every byte is copied within the buffer at most a
+/// constant number of times in all: no step is worse than linear in the size.
+/// Unread bytes move to the front only when the bytes already consumed paid
+/// for it (they are at most as many); a frame fully consumed empties the
+/// buffer, which keeps its capacity (at most max_frame + 4 + a read's room).
 class frame_decoder {
 public:
-    explicit frame_decoder(std::size_t max_frame) : max_frame_(max_frame) {}
+    explicit frame_decoder(std::size_t max_frame) noexcept : max_frame_(max_frame) {}
+    ~frame_decoder();
+    frame_decoder(frame_decoder&& o) noexcept;
+    frame_decoder& operator=(frame_decoder&& o) noexcept;
+    frame_decoder(const frame_decoder&) = delete;
+    frame_decoder& operator=(const frame_decoder&) = delete;
 
-    /// Where the next read may write, at least min_room bytes (grows the buffer).
+    /// Where the next read may write, at least min_room bytes (grows the
+    /// buffer; throws std::bad_alloc). room may be larger than asked.
     char* prepare(std::size_t& room, std::size_t min_room = 64 * 1024);
     /// n bytes were written at prepare()'s pointer.
     void commit(std::size_t n) noexcept { end_ += n; }
@@ -64,19 +80,27 @@ public:
 
     enum class status { frame, need_more, corrupt };
     /// The next complete frame, need_more, or corrupt (then error() says why
-    /// and the decoder stays corrupt).
+    /// and the decoder stays corrupt). Never allocates.
     status next(frame& f);
 
     const std::string& error() const noexcept { return error_; }
     /// Bytes received but not yet returned as frames.
     std::size_t buffered() const noexcept { return end_ - begin_; }
+    /// The buffer's size in bytes (for tests and accounting).
+    std::size_t capacity() const noexcept { return cap_; }
+    /// Bytes copied within the decoder's own memory so far (moving unread
+    /// bytes to the front, growing): at most a small multiple of the bytes fed.
+    std::size_t bytes_moved() const noexcept { return moved_; }
 
 private:
     status fail(std::string why);
+    void grow(std::size_t min_room);
 
     std::size_t max_frame_;
-    std::vector<char> buf_;
+    char* buf_ = nullptr;  // ::operator new(cap_)
+    std::size_t cap_ = 0;
     std::size_t begin_ = 0, end_ = 0;
+    std::size_t moved_ = 0;
     bool corrupt_ = false;
     std::string error_;
 };

@@ -29,7 +29,8 @@
 
 namespace uvexec::inline v0::detail {
 
-/// Runs a registered function: decodes the arguments, calls, encodes the result.
+/// Runs a registered function: decodes the arguments, calls, appends the
+/// result's archive to result (the worker's answer frame, behind its header).
 using trampoline_fn = void (*)(std::string_view args, std::string& result);
 
 /// Any function's address, for identity only (never called as this type).
@@ -92,6 +93,7 @@ private:
             std::apply([](auto&... a) { std::invoke(F, std::move(a)...); }, args);
         } else {
             result_type r = std::apply([](auto&... a) -> result_type { return std::invoke(F, std::move(a)...); }, args);
+            out.reserve(out.size() + encoded_size_hint(r));
             encode_into(out, r);
         }
     }
