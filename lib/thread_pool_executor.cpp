@@ -2,18 +2,21 @@
 //
 // At most max_workers "runner" requests of an executor are active (may take
 // calls) at once, each holding a slot. A runner's work_cb takes calls from the
-// pending queue one after another, runs them, and appends each to the done
-// list, until the queue is empty; then it retires, and its after_work_cb makes
-// it idle again once it is back from libuv. One uv_async_t per executor wakes
-// the loop, which completes the done list whole (on_done); a retiring runner's
+// pending queue one after another (one lock per call: a call is never
+// committed to a busy runner while another could take it), runs them, and
+// pushes each onto the done stack (lock-free), until the queue is empty; then
+// it retires, and its after_work_cb makes it idle again once it is back from
+// libuv. One uv_async_t per executor wakes the loop, once per batch: only the
+// push that finds the stack empty sends. The loop takes the stack whole with
+// one exchange and completes it oldest first (on_done); a retiring runner's
 // after_work_cb also takes it, so a single call costs no extra wakeup.
 // Submissions beyond max_workers between two loop iterations are staged on the
 // loop thread and handed to the runners in batches (see submit()).
 //
 // Invariants:
-//  - mutex_ guards the pending queue, the done list, the `at` of every item
-//    that is not staged, pending_count_, running_count_, active_runners_,
-//    stopped_ and the free slots. A runner decides to retire (take_locked)
+//  - mutex_ guards the pending queue, the `at` of every item that is not
+//    staged, pending_count_, running_count_, active_runners_, stopped_ and
+//    the free slots. A runner decides to retire (take_locked)
 //    under the same lock as the loop thread decides whether to start runners
 //    (claim_runners_locked), so while calls are pending there is always an
 //    active runner not running a call (it will take one), or all max_workers_
@@ -27,8 +30,13 @@
 //  - active_runners_ <= max_workers_, and each active runner holds one slot,
 //    so running_count_ <= max_workers_; a retired runner's request may still
 //    be inside libuv (runners_out_ and out_ count those too, on the loop thread);
-//  - an item is staged (loop thread only), pending, running, done (finished,
-//    awaiting the loop) or nowhere; the executor holds one reference to its
+//  - the done stack (done_) is lock-free: a runner pushes a finished call
+//    with a release CAS after its last write to it (result, worker_exception,
+//    initializer_failed) and never touches it again; the loop thread takes
+//    the whole stack with an acquire exchange. A finished call stays
+//    `running` until the loop thread completes it, so cancel() leaves it be;
+//  - an item is staged (loop thread only), pending, running (or finished, on
+//    the done stack) or nowhere; the executor holds one reference to its
 //    state from submit() until the loop thread completes, cancels or fails it
 //    (outstanding_ counts them);
 //  - nothing stays staged past the loop's next prepare phase: the flush handle
@@ -442,25 +450,20 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             }
         }
         if (!it->initializer_failed) it->ops->run(it);
-        bool wake;
+        pool_item* next;
         {
             std::lock_guard lock(pool.mutex_);
             --pool.running_count_;
             if (it->initializer_failed) pool.stopped_ = true;
             if (std::exchange(newly_initialized, false)) pool.initialized_threads_.push_back(self);  // reserved
-            // Wakeups coalesce: only the call that makes the done list
-            // non-empty sends one; on_done takes the whole list.
-            wake = pool.done_head_ == nullptr;
-            it->at = pool_item::where::done;
-            it->next = nullptr;
-            if (pool.done_tail_) pool.done_tail_->next = it; else pool.done_head_ = it;
-            pool.done_tail_ = it;
-            it = pool.take_locked(r);
-            // A retiring runner's after_work_cb takes the done list anyway.
-            if (it == nullptr) wake = false;
+            next = pool.take_locked(r);
         }
-        // The handle stays open while any runner is inside libuv (close_handles).
-        if (wake) uv_async_send(pool.async_);
+        // Wakeups coalesce: only the call that makes the done stack non-empty
+        // sends one (on_done takes the whole stack), and a retiring runner
+        // sends none: its after_work_cb takes the stack anyway. The handle
+        // stays open while any runner is inside libuv (close_handles).
+        if (pool.push_done(it) && next != nullptr) uv_async_send(pool.async_);
+        it = next;
     }
     current_slot_name = nullptr;
 }
@@ -495,14 +498,27 @@ void thread_pool_core::on_done(uv_async_t* h) noexcept {
     pool.settle();  // may free the core
 }
 
+// Any thread (a runner): pushes a finished call; true if the stack was empty.
+// Release: the call's result and worker_exception are visible to the loop
+// thread that takes the stack (acquire).
+bool thread_pool_core::push_done(pool_item* it) noexcept {
+    pool_item* head = done_.load(std::memory_order_relaxed);
+    do {
+        it->next = head;
+    } while (!done_.compare_exchange_weak(head, it, std::memory_order_release, std::memory_order_relaxed));
+    return head == nullptr;
+}
+
 void thread_pool_core::drain_done() noexcept {
-    pool_item* batch;
-    {
-        std::lock_guard lock(mutex_);
-        batch = done_head_;
-        done_head_ = done_tail_ = nullptr;
+    pool_item* stack = done_.exchange(nullptr, std::memory_order_acquire);
+    if (stack == nullptr) return;
+    // The stack is newest first: complete in the order the calls finished.
+    pool_item* batch = nullptr;
+    while (pool_item* it = stack) {
+        stack = it->next;
+        it->next = batch;
+        batch = it;
     }
-    if (batch == nullptr) return;
     // Completing a future may resume a coroutine that does anything, even
     // destroy the executor; busy_ keeps this core alive until settle().
     ++busy_;

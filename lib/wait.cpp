@@ -1,6 +1,10 @@
 // uvexec — wait_core: completion callbacks plus one deadline timer, no polling.
 #include "uvexec/detail/wait_core.hpp"
 
+#include <sys/mman.h>
+
+#include <new>
+
 #include "uvexec/detail/loop_core.hpp"
 
 namespace uvexec::inline v0::detail {
@@ -13,6 +17,35 @@ wait_core::wait_core(std::vector<future_state_base*> states, until condition,
     // doubling vector (a million-future gather otherwise copies and frees
     // megabytes while completions arrive).
     order_.reserve(states_.size());
+}
+
+// A node array this large (a wait on some 18,000 futures or more) is mapped
+// with MAP_POPULATE: every node is written at once anyway, and populating the
+// pages in one system call costs far less than a page fault per 4 KiB (malloc
+// would map it too, being over its mmap threshold, and fault it in page by page).
+constexpr std::size_t populate_threshold = std::size_t{1} << 20;
+
+wait_core::node_array::node_array(std::size_t count) : n(count) {
+    const std::size_t bytes = count * sizeof(node);
+    if (bytes >= populate_threshold) {
+        void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (m != MAP_FAILED) {
+            mapped = bytes;
+            p = static_cast<node*>(m);
+            for (std::size_t i = 0; i < count; ++i) ::new (static_cast<void*>(p + i)) node();
+            return;
+        }
+    }
+    p = new node[count];
+}
+
+wait_core::node_array::~node_array() {
+    if (mapped == 0) {
+        delete[] p;
+        return;
+    }
+    for (std::size_t i = 0; i < n; ++i) p[i].~node();
+    ::munmap(p, mapped);
 }
 
 wait_core::~wait_core() = default;  // nodes unlink themselves; the timer closes itself
@@ -28,15 +61,32 @@ bool wait_core::satisfied_by(std::size_t i) const noexcept {
     return false;
 }
 
+void wait_core::record(std::size_t i) noexcept {
+    order_.push_back(i);
+    if (first_failure_ == npos && states_[i]->state() != status::value) first_failure_ = i;
+}
+
+// One pass over the states: those already done are recorded (by index), the
+// others are watched at once, so a wait on a million futures reads each
+// state once here instead of once to test and once more to link.
 bool wait_core::await_ready() {
-    bool ready = states_.empty();
+    bool ready = states_.empty() || (timeout_ && *timeout_ <= std::chrono::nanoseconds::zero());
     for (std::size_t i = 0; i < states_.size(); ++i) {
-        if (states_[i]->done()) {
-            order_.push_back(i);
+        future_state_base* s = states_[i];
+        if (s->done()) {
+            record(i);
             ready = ready || satisfied_by(i);
+        } else if (!ready) {  // once ready, nothing more is watched (but every done one is recorded)
+            if (!nodes_) nodes_.emplace(states_.size());
+            node& w = (*nodes_)[i];
+            w.core = this;
+            w.index = i;
+            s->link(w);
+            if (!loop_) loop_ = s->loop();
         }
     }
-    if (ready || (timeout_ && *timeout_ <= std::chrono::nanoseconds::zero())) {
+    if (ready) {
+        unwatch();
         finished_ = true;
         return true;
     }
@@ -45,7 +95,9 @@ bool wait_core::await_ready() {
 
 bool wait_core::suspend(std::coroutine_handle<> h, cancel_slot* slot) {
     if (!arm(slot)) {
-        // A cancellation was waiting for this suspension: end at once.
+        // A cancellation was waiting for this suspension: end at once. The
+        // nodes go first, so cancelling the futures does not re-enter this wait.
+        unwatch();
         interrupted_ = true;
         finished_ = true;
         if (cancel_pending_)
@@ -53,33 +105,29 @@ bool wait_core::suspend(std::coroutine_handle<> h, cancel_slot* slot) {
         return false;
     }
     h_ = h;
-    nodes_ = std::make_unique<node[]>(states_.size());
-    loop_core* lp = nullptr;
-    for (std::size_t i = 0; i < states_.size(); ++i) {
-        if (states_[i]->done()) continue;
-        nodes_[i].core = this;
-        nodes_[i].index = i;
-        states_[i]->link(nodes_[i]);
-        if (!lp) lp = states_[i]->loop();
-    }
-    if (timeout_ && lp) {
-        timer_.emplace(lp->uv());
+    if (timeout_ && loop_) {
+        timer_.emplace(loop_->uv());
         timer_->start(timer::to_ms(*timeout_), &wait_core::on_timeout, this);
     }
     return true;
 }
 
+void wait_core::unwatch() noexcept {
+    if (nodes_)
+        for (std::size_t i = 0; i < states_.size(); ++i) (*nodes_)[i].unlink();
+}
+
 void wait_core::node::on_fire(waiter* w, future_state_base&) noexcept {
     auto* n = static_cast<node*>(w);
     wait_core& c = *n->core;
-    c.order_.push_back(n->index);
+    c.record(n->index);
     if (!c.finished_ && c.satisfied_by(n->index)) c.finish();
 }
 
 void wait_core::stop() noexcept {
     finished_ = true;
     disarm();
-    for (std::size_t i = 0; i < states_.size(); ++i) nodes_[i].unlink();
+    unwatch();
     if (timer_) timer_->stop();
 }
 

@@ -144,6 +144,77 @@ TEST_CASE("gather of void futures") {
     r.result();
 }
 
+TEST_CASE("gather returns at a failure done before it starts; the futures it was watching then are let go") {
+    // await_ready watches the pending futures as it scans and finds the
+    // failure later in the same scan: it must unhook from the earlier ones,
+    // or completing them would reach a finished (and freed) wait.
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp), c(lp);
+    auto fa = a.get_future();
+    b.set_exception(std::make_exception_ptr(custom_error("done", 2)));
+    auto r = lp.spawn(uvexec::gather(std::vector{fa, b.get_future(), c.get_future()}));
+    REQUIRE(r.done());
+    CHECK_THROWS_AS(r.result(), custom_error);
+    r = {};  // the gather's frame is gone
+    a.set_value(1);
+    c.set_value(3);
+    CHECK(fa.result() == 1);
+}
+
+TEST_CASE("gather and wait over tens of thousands of futures: input order, completion order, first failure by completion") {
+    // Large enough that the wait's nodes are mapped in one block (wait.cpp).
+    constexpr int n = 40000;
+    uvexec::loop lp;
+    std::vector<promise<int>> ps;
+    ps.reserve(n);
+    std::vector<future<int>> fs, ws;
+    for (int i = 0; i < n; ++i) {
+        ps.emplace_back(lp);
+        fs.push_back(ps.back().get_future());
+        ws.push_back(fs.back());
+    }
+    auto g = lp.spawn(uvexec::gather(std::move(fs)));
+    auto w = lp.spawn([](std::vector<future<int>> fs) -> task<uvexec::wait_result<int>> {
+        co_return co_await uvexec::wait(std::move(fs));
+    }(std::move(ws)));
+    // Completed from the last to the first; two failures, the later index first.
+    for (int i = n - 1; i >= 0; --i) {
+        if (i == n / 2) ps[static_cast<std::size_t>(i)].set_exception(std::make_exception_ptr(custom_error("first", 1)));
+        else if (i == n / 4) ps[static_cast<std::size_t>(i)].set_exception(std::make_exception_ptr(custom_error("second", 2)));
+        else ps[static_cast<std::size_t>(i)].set_value(i);
+    }
+    REQUIRE(g.done());
+    try {
+        g.result();
+        FAIL("no exception");
+    } catch (const custom_error& e) {
+        CHECK(e.code == 1);
+    }
+    REQUIRE(w.done());
+    auto& done = w.result().done;
+    REQUIRE(done.size() == static_cast<std::size_t>(n));
+    CHECK(done.front().result() == n - 1);
+    CHECK(done.back().result() == 0);
+    CHECK(w.result().pending.empty());
+
+    // All values: gather returns them in input order.
+    std::vector<promise<int>> qs;
+    qs.reserve(n);
+    std::vector<future<int>> hs;
+    for (int i = 0; i < n; ++i) {
+        qs.emplace_back(lp);
+        hs.push_back(qs.back().get_future());
+    }
+    auto h = lp.spawn(uvexec::gather(std::move(hs)));
+    for (int i = n - 1; i >= 0; --i) qs[static_cast<std::size_t>(i)].set_value(i * 2);
+    REQUIRE(h.done());
+    auto values = h.result();
+    REQUIRE(values.size() == static_cast<std::size_t>(n));
+    bool in_order = true;
+    for (int i = 0; i < n; ++i) in_order = in_order && values[static_cast<std::size_t>(i)] == i * 2;
+    CHECK(in_order);
+}
+
 }  // TEST_SUITE
 
 TEST_SUITE("as_completed") {

@@ -311,6 +311,34 @@ TEST_CASE("a child spawned into a cancelling group is cancelled at its first sus
     CHECK(log.finished == 1);
 }
 
+TEST_CASE("a gather first suspending in a cancelling group cancels its futures at once, without re-entering itself") {
+    // gather watches its futures before it suspends; the cancellation that
+    // waits for that suspension must unhook it before cancelling them.
+    uvexec::loop lp;
+    promise<int> a(lp), b(lp);
+    auto fa = a.get_future(), fb = b.get_future();
+    child_log log;
+    lp.run_until_complete(run_and_catch(lp, [&](task_group& g) -> task<void> {
+        g.cancel();
+        g.spawn([&]() -> task<void> {
+            std::vector<future<int>> fs;  // g++ 12 rejects a braced list in a coroutine
+            fs.push_back(fa);
+            fs.push_back(fb);
+            try {
+                co_await uvexec::gather(std::move(fs));
+            } catch (const uvexec::cancelled_error&) {
+                ++log.cancelled;
+            }
+            ++log.finished;
+        });
+        co_return;
+    }));
+    CHECK(log.cancelled == 1);
+    CHECK(log.finished == 1);
+    CHECK(fa.cancelled());
+    CHECK(fb.cancelled());
+}
+
 TEST_CASE("a child ending with a cancelled_error the group did not send is not a failure") {
     uvexec::loop lp;
     promise<void> p(lp);

@@ -509,6 +509,31 @@ TEST_CASE("work submitted while the loop does not run makes progress, even after
     CHECK(ran == 301);
 }
 
+TEST_CASE("calls that finished while the loop was away complete on it in the order they finished") {
+    // One runner, so calls finish in submission order. 1 + 2 * 128 calls all
+    // reach it without the loop (one direct, two batches); they finish onto
+    // the done stack while the loop does not run, and the loop completes them
+    // from that one stack, oldest first.
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    constexpr int n = 1 + 2 * 128;
+    std::atomic<int> ran{0};
+    std::vector<int> completed;
+    std::vector<future<int>> fs;
+    for (int i = 0; i < n; ++i) {
+        fs.push_back(lp.run_in_executor(ex, [&ran, i] {
+            ++ran;
+            return i;
+        }));
+        fs.back().add_done_callback([&completed](future<int> f) { completed.push_back(f.result()); });
+    }
+    REQUIRE(eventually([&] { return ran == n && ex.in_flight() == 0; }));
+    settle(lp, fs);
+    std::vector<int> expected(n);
+    for (int i = 0; i < n; ++i) expected[static_cast<std::size_t>(i)] = i;
+    CHECK(completed == expected);
+}
+
 TEST_CASE("a burst runs in submission order across direct, batched and staged calls, even cancelled in between") {
     // One runner, so calls run one after another in queue order: the first
     // goes straight to the runner, later ones are staged on the loop thread and

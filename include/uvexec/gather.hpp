@@ -95,9 +95,7 @@ outcome<T> take_outcome(future<T>& f) {
 }
 
 /// The failure that ends a gather: the first to complete, in completion order.
-inline void rethrow_first_failure(const wait_core& c) {
-    for (std::size_t i : c.completed()) c.state(i).rethrow_if_not_value();
-}
+inline void rethrow_first_failure(const wait_core& c) { c.rethrow_first_failure(); }
 
 template <class... T>
 std::vector<future_state_base*> states_of_pack(const future<T>&... fs) {

@@ -11,6 +11,7 @@
 
 #include "uvexec/detail/config.hpp"
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -69,11 +70,13 @@ struct pool_item_ops {
 
 /// The part of a thread-pool work item that the executor manages. It is a
 /// base of the item, which is also the future's state: one allocation per call.
-/// prev/next link it into the executor's staged queue (loop thread only), its
-/// pending queue or its done list, and `at` says which; once an item has left
-/// the staged queue, its links and `at` are guarded by the core's mutex.
+/// prev/next link it into the executor's staged queue (loop thread only) or
+/// its pending queue, and `at` says which; once an item has left the staged
+/// queue, its links and `at` are guarded by the core's mutex until a runner
+/// takes it. A finished call's `next` links it into the core's done stack
+/// (lock-free); it stays `running` until the loop thread completes it.
 struct pool_item {
-    enum class where : std::uint8_t { nowhere, staged, pending, running, done };
+    enum class where : std::uint8_t { nowhere, staged, pending, running };
 
     future_state_base* shared_state() noexcept { return ops->state(this); }
 
@@ -142,6 +145,7 @@ private:
     pool_item* take_locked(pool_runner& r) noexcept;
     void retire_locked(pool_runner& r) noexcept;
     void add_spare_runners();
+    bool push_done(pool_item* it) noexcept;  // any thread; true if the stack was empty
     void drain_done() noexcept;
     void finish(pool_item& it) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
@@ -161,8 +165,6 @@ private:
     mutable std::mutex mutex_;
     pool_item* pending_head_ = nullptr;  // FIFO of calls not yet taken by a runner
     pool_item* pending_tail_ = nullptr;
-    pool_item* done_head_ = nullptr;     // FIFO of finished calls not yet completed on the loop
-    pool_item* done_tail_ = nullptr;
     std::size_t pending_count_ = 0;
     std::size_t running_count_ = 0;
     std::size_t active_runners_ = 0;     // runners that may still take calls (<= max_workers_)
@@ -170,6 +172,11 @@ private:
     std::vector<std::thread::id> initialized_threads_;  // libuv threads that ran the initializer (reserved)
     std::vector<std::uint32_t> free_slots_;  // ring buffer of the slots no active runner holds
     std::size_t free_head_ = 0, free_count_ = 0;
+
+    // Lock-free: finished calls not yet completed on the loop, newest first
+    // (an intrusive stack through pool_item::next). Runners push one call each
+    // with a CAS; the loop thread takes the whole stack with one exchange.
+    std::atomic<pool_item*> done_{nullptr};
 
     // Loop thread only.
     loop_core* loop_ = nullptr;
