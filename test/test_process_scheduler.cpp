@@ -54,6 +54,20 @@ void finish_all(uvexec::loop& lp, std::vector<future<int>> fs) {
     REQUIRE(lp.run_until_complete(all(std::move(fs))));
 }
 
+/// Runs the short calls to their end while the long one is still held (so
+/// none of them waited for it), then releases it: the short calls all ran on
+/// one worker, not the long call's.
+void check_spared(uvexec::loop& lp, gate& g, future<int> long_call, std::vector<future<int>> shorts) {
+    finish_all(lp, shorts);
+    CHECK_FALSE(long_call.done());
+    std::set<int> short_pids;
+    for (auto& f : shorts) short_pids.insert(f.result());
+    g.release();
+    int long_pid = lp.run_until_complete(long_call);
+    CHECK(short_pids.size() == 1);
+    CHECK(short_pids.count(long_pid) == 0);
+}
+
 int count_signal_handles(uv_loop_t* uv) {
     int n = 0;
     uv_walk(
@@ -75,14 +89,7 @@ TEST_CASE("head of line: ten short calls behind a long one all run on the idle w
     auto long_call = lp.run_in_executor(ex, fn<&work::held>, g.path());
     std::vector<future<int>> shorts;
     for (int i = 0; i < 10; ++i) shorts.push_back(lp.run_in_executor(ex, fn<&work::quick>, i));
-    finish_all(lp, shorts);  // the long one is still held: none of them waited for it
-    CHECK_FALSE(long_call.done());
-    std::set<int> short_pids;
-    for (auto& f : shorts) short_pids.insert(f.result());
-    g.release();
-    int long_pid = lp.run_until_complete(long_call);
-    CHECK(short_pids.size() == 1);
-    CHECK(short_pids.count(long_pid) == 0);
+    check_spared(lp, g, long_call, shorts);
     lp.run_until_complete(ex.shutdown());
 }
 
@@ -105,14 +112,7 @@ TEST_CASE("head of line: with warm workers, short calls are pipelined only to th
     // The idle worker takes one, three more are pipelined behind it (known
     // short); none goes behind the long call.
     CHECK(ex.queued() == 6);
-    finish_all(lp, shorts);
-    CHECK_FALSE(long_call.done());
-    std::set<int> short_pids;
-    for (auto& f : shorts) short_pids.insert(f.result());
-    g.release();
-    int long_pid = lp.run_until_complete(long_call);
-    CHECK(short_pids.size() == 1);
-    CHECK(short_pids.count(long_pid) == 0);
+    check_spared(lp, g, long_call, shorts);
     lp.run_until_complete(ex.shutdown());
 }
 
