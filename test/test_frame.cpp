@@ -135,6 +135,24 @@ TEST_CASE("a frame consumed whole empties the buffer: the next read starts at it
     CHECK(dec.bytes_moved() == moved);
 }
 
+TEST_CASE("a large frame consumed whole gives its buffer back: the parent keeps no large buffer between messages") {
+    frame_decoder dec(64u << 20);
+    std::string fr = make_frame(1, 24u << 20);
+    dec.feed(fr.data(), fr.size());
+    frame f{};
+    REQUIRE(dec.next(f) == frame_decoder::status::frame);
+    CHECK(dec.capacity() >= fr.size());
+    std::size_t room = 0;
+    (void)dec.prepare(room, read_room);
+    CHECK(dec.capacity() <= 2 * read_room);
+    CHECK(room >= read_room);
+    // And the next frame still decodes.
+    std::string small = make_frame(2, 100);
+    dec.feed(small.data(), small.size());
+    REQUIRE(dec.next(f) == frame_decoder::status::frame);
+    CHECK(f.id == 2);
+}
+
 TEST_CASE("corrupt lengths are still rejected, from the length alone, and nothing is allocated for them") {
     SUBCASE("over max_frame") {
         frame_decoder dec(1u << 20);

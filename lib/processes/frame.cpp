@@ -70,8 +70,21 @@ frame_decoder& frame_decoder::operator=(frame_decoder&& o) noexcept {
     return *this;
 }
 
+namespace {
+/// An empty buffer larger than this is given back: a worker that once sent a
+/// large message does not keep its size in the parent between messages.
+constexpr std::size_t kept_capacity = 1u << 20;
+}  // namespace
+
 char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {
-    if (begin_ == end_) begin_ = end_ = 0;  // everything consumed: start again at the front, no copy
+    if (begin_ == end_) {
+        begin_ = end_ = 0;  // everything consumed: start again at the front, no copy
+        if (cap_ > kept_capacity && min_room <= kept_capacity) {
+            ::operator delete(buf_);
+            buf_ = nullptr;
+            cap_ = 0;
+        }
+    }
     if (cap_ - end_ < min_room) grow(min_room);
     room = cap_ - end_;
     return buf_ + end_;
