@@ -3,7 +3,6 @@
 
 #include <cerrno>
 #include <csignal>
-#include <new>
 
 #include <sys/wait.h>
 
@@ -106,8 +105,14 @@ private:
 int watch_child(loop_core& lp, child_watch& w) noexcept {
     reaper*& r = lp.child_reaper();
     if (r == nullptr) {
-        auto* fresh = new (std::nothrow) reaper(lp);
-        if (fresh == nullptr) return UV_ENOMEM;
+        // Plain new, not new(nothrow): a program that replaces operator new
+        // and delete only (as test_process_correctness does) pairs them.
+        reaper* fresh = nullptr;
+        try {
+            fresh = new reaper(lp);
+        } catch (...) {
+            return UV_ENOMEM;
+        }
         if (int e = fresh->start(); e != 0) return e;  // fresh is freed
         r = fresh;
     }
