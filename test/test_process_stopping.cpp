@@ -74,6 +74,28 @@ TEST_CASE("cancel_grace: a cancelled call that does not return has its worker ki
     lp.run_until_complete(ex.shutdown());
 }
 
+TEST_CASE("cancel_grace: a call cancelled while it waited behind another starts its grace when it starts running") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1,
+                              .max_in_flight_per_worker = 2,
+                              .pipeline_below = std::chrono::microseconds::max(),  // so the second waits in the worker
+                              .cancel_grace = std::chrono::milliseconds(50)}};
+    int first_pid = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pid>));
+    gate g;
+    auto first = lp.run_in_executor(ex, fn<&work::held>, g.path());
+    auto second = lp.run_in_executor(ex, fn<&work::held>, g.path());
+    CHECK(ex.queued() == 0);
+    g.wait_started(1);
+    CHECK(second.cancel());  // not running yet: no grace starts, the worker is not killed
+    g.release(1);            // the first returns; the second starts and never returns
+    CHECK(lp.run_until_complete(uvexec::wait_for(first, 60s)) == first_pid);
+    // Its grace began when it started: the worker is killed and replaced.
+    int next = lp.run_until_complete(uvexec::wait_for(lp.run_in_executor(ex, fn<&work::pid>), 60s));
+    CHECK(next != first_pid);
+    CHECK(reaped(first_pid));
+    lp.run_until_complete(ex.shutdown());
+}
+
 TEST_CASE("cancel_grace: a cancelled call that returns within its grace keeps its worker") {
     uvexec::loop lp;
     process_pool_executor ex{{.max_workers = 1, .cancel_grace = std::chrono::hours(1)}};
