@@ -12,7 +12,9 @@
 
 #include "uvexec/detail/config.hpp"
 
+#include <concepts>
 #include <functional>
+#include <stop_token>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -21,15 +23,28 @@ namespace uvexec::inline v0 {
 
 namespace detail {
 
+/// A signature's result and the arguments a caller passes: a first parameter
+/// of type std::stop_token is the executor's to give, not the caller's.
+template <class R, class... A>
+struct signature_traits {
+    using result = R;
+    using args = std::tuple<std::decay_t<A>...>;
+    static constexpr bool takes_stop_token = false;
+};
+template <class R, class T, class... A>
+    requires std::same_as<std::remove_cvref_t<T>, std::stop_token>
+struct signature_traits<R, T, A...> {
+    using result = R;
+    using args = std::tuple<std::decay_t<A>...>;
+    static constexpr bool takes_stop_token = true;
+};
+
 template <class T>
 struct function_traits;
 template <class R, class... A>
-struct function_traits<R (*)(A...)> {
-    using result = R;
-    using args = std::tuple<std::decay_t<A>...>;
-};
+struct function_traits<R (*)(A...)> : signature_traits<R, A...> {};
 template <class R, class... A>
-struct function_traits<R (*)(A...) noexcept> : function_traits<R (*)(A...)> {};
+struct function_traits<R (*)(A...) noexcept> : signature_traits<R, A...> {};
 
 template <auto F>
 struct is_function_pointer
@@ -46,9 +61,13 @@ struct fn_t {
 
     using traits = detail::function_traits<decltype(F)>;
     using result_type = std::decay_t<typename traits::result>;
+    /// The arguments a caller passes (without F's std::stop_token, if it takes one).
     using args_tuple = typename traits::args;
+    /// F's first parameter is a std::stop_token, which the executor gives it.
+    static constexpr bool takes_stop_token = traits::takes_stop_token;
 
     template <class... A>
+        requires std::is_invocable_v<decltype(F), A...>
     decltype(auto) operator()(A&&... a) const {
         return std::invoke(F, std::forward<A>(a)...);
     }

@@ -58,8 +58,8 @@ struct remote_function {
     template <auto F>
     remote_function(fn_t<F>) noexcept  // NOLINT(google-explicit-constructor): fn<&f> reads as a function
         : id(detail::remote<F>::identity()), name(detail::remote<F>::name()) {
-        static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 0,
-                      "uvexec: a process-pool initializer takes no arguments");
+        static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 0 && !fn_t<F>::takes_stop_token,
+                      "uvexec: a process-pool initializer takes no arguments (and no std::stop_token)");
     }
     detail::function_identity id;
     std::string_view name;
@@ -140,10 +140,11 @@ struct process_call {
     std::int64_t expected = 0;     // that estimate when it was sent; -1: not known to be short
     std::uint64_t sent_at = 0;     // uv_hrtime() when it was sent
     where at = where::nowhere;
+    bool stoppable = false;        // its function takes a std::stop_token: a cancel is sent to the worker
 };
 
 /// Cancels a call still queued in its pool; a sent call runs on and its
-/// answer is dropped.
+/// answer is dropped (a stoppable one is asked to stop).
 void cancel_call(process_call& call) noexcept;
 
 template <class R>
@@ -202,6 +203,10 @@ public:
     /// Python: executor.submit(fn, *args). F is named at compile time:
     /// `ex.submit(lp, uvexec::fn<&blocks>, i)`. Arguments are converted to F's
     /// parameter types and serialized now; the result comes back as F's return type.
+    /// When F's first parameter is a std::stop_token, the worker gives it one
+    /// (the caller passes only the other arguments); cancelling the future
+    /// while the call is in its worker sends the worker a cancel, which
+    /// requests that stop.
     template <auto F, class... A>
     future<typename fn_t<F>::result_type> submit(loop& lp, fn_t<F>, A&&... args) {
         using R = typename fn_t<F>::result_type;
@@ -214,6 +219,7 @@ public:
 
         auto* item = new detail::process_item<R>(&lp.core(), core_);
         auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
+        item->call().stoppable = fn_t<F>::takes_stop_token;
         std::string& frame = item->call().frame;
         frame.reserve(detail::frame_header_size + 16 + (std::size_t{0} + ... + detail::encoded_size_hint(args)));
         detail::append_frame_header(frame, detail::frame_kind::call, 0, 0);  // length and id patched later

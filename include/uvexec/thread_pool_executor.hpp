@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <stop_token>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -201,8 +202,15 @@ private:
     std::vector<future_state<void>*> shutdown_waiters_;
 };
 
+struct no_stop_source {};
+
+/// A call's state, work item and callable in one allocation. A call whose
+/// callable takes a std::stop_token (Fn is invoked with one) also holds the
+/// std::stop_source whose stop its cancellation requests.
 template <class R, class Fn>
 class thread_item final : public future_state<R>, private pool_item {
+    static constexpr bool stoppable = std::is_invocable_v<Fn&, std::stop_token>;
+
 public:
     thread_item(loop_core* lp, thread_pool_core* pool, Fn&& fn)
         : future_state<R>(lp), fn_(std::move(fn)) {
@@ -220,7 +228,10 @@ private:
     static void run(pool_item* it) noexcept {
         auto& s = self(it);
         try {
-            if constexpr (std::is_void_v<R>) {
+            if constexpr (stoppable) {
+                if constexpr (std::is_void_v<R>) s.fn_(s.stop_.get_token());
+                else s.emplace(s.fn_(s.stop_.get_token()));
+            } else if constexpr (std::is_void_v<R>) {
                 s.fn_();
             } else {
                 s.emplace(s.fn_());
@@ -237,15 +248,36 @@ private:
         else s.publish_value();
     }
 
-    void on_cancel() noexcept override { item().pool->cancel(item()); }
+    void on_cancel() noexcept override {
+        // A running call is asked to stop (request_stop is thread-safe); a
+        // queued one is taken out and never runs.
+        if constexpr (stoppable) stop_.request_stop();
+        item().pool->cancel(item());
+    }
 
     static constexpr pool_item_ops ops_{&thread_item::run, &thread_item::publish, &thread_item::state_of};
 
     Fn fn_;
+    [[no_unique_address]] std::conditional_t<stoppable, std::stop_source, no_stop_source> stop_;
+};
+
+/// fn is given a std::stop_token before its arguments when it can take one,
+/// as std::jthread does.
+template <class F, class... A>
+inline constexpr bool wants_stop_token = std::is_invocable_v<std::decay_t<F>, std::stop_token, std::decay_t<A>...>;
+
+template <class F, class... A>
+struct call_result {
+    using type = std::invoke_result_t<std::decay_t<F>, std::decay_t<A>...>;
+};
+template <class F, class... A>
+    requires wants_stop_token<F, A...>
+struct call_result<F, A...> {
+    using type = std::invoke_result_t<std::decay_t<F>, std::stop_token, std::decay_t<A>...>;
 };
 
 template <class F, class... A>
-using call_result_t = std::decay_t<std::invoke_result_t<std::decay_t<F>, std::decay_t<A>...>>;
+using call_result_t = std::decay_t<typename call_result<F, A...>::type>;
 
 }  // namespace detail
 
@@ -268,22 +300,25 @@ public:
     /// move-only arguments and results work. Throws
     /// executor_shutdown_error after shutdown, broken_executor_error when the
     /// initializer failed, invalid_state_error if the executor is bound to
-    /// another loop.
+    /// another loop. When fn can take a std::stop_token before the arguments
+    /// (as std::jthread decides), it is given one, whose stop is requested
+    /// when the future is cancelled while the call runs.
     template <class F, class... A>
     future<detail::call_result_t<F, A...>> submit(loop& lp, F&& fn, A&&... args) {
         using R = detail::call_result_t<F, A...>;
         // Stored once, then handed to fn as rvalues exactly once (std::async's
         // rule): move-only arguments work and nothing is copied.
-        auto call = [f = std::forward<F>(fn), ... a = std::forward<A>(args)]() mutable -> R {
-            return std::invoke(std::move(f), std::move(a)...);
-        };
-        using item_t = detail::thread_item<R, decltype(call)>;
-        core_->accept(lp.core());
-        auto* it = new item_t(&lp.core(), core_, std::move(call));
-        auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(it));
-        it->add_ref();  // the executor's reference, dropped when the work is over
-        core_->submit(it->item());
-        return f;
+        if constexpr (detail::wants_stop_token<F, A...>) {
+            auto call = [f = std::forward<F>(fn), ... a = std::forward<A>(args)](std::stop_token t) mutable -> R {
+                return std::invoke(std::move(f), std::move(t), std::move(a)...);
+            };
+            return start<R>(lp, std::move(call));
+        } else {
+            auto call = [f = std::forward<F>(fn), ... a = std::forward<A>(args)]() mutable -> R {
+                return std::invoke(std::move(f), std::move(a)...);
+            };
+            return start<R>(lp, std::move(call));
+        }
     }
 
     /// Python: executor.shutdown(wait, cancel_futures). Stops accepting work;
@@ -304,6 +339,17 @@ public:
     static std::size_t default_max_workers() noexcept;
 
 private:
+    template <class R, class Call>
+    future<R> start(loop& lp, Call&& call) {
+        using item_t = detail::thread_item<R, std::decay_t<Call>>;
+        core_->accept(lp.core());
+        auto* it = new item_t(&lp.core(), core_, std::move(call));
+        auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(it));
+        it->add_ref();  // the executor's reference, dropped when the work is over
+        core_->submit(it->item());
+        return f;
+    }
+
     detail::thread_pool_core* core_;
 };
 

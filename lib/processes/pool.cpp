@@ -163,9 +163,11 @@ process_call* process_pool_core::pop_queue() noexcept {
 
 void process_pool_core::cancel(process_call& call) noexcept {
     if (call.at == process_call::where::sent) {
-        // It runs on (its answer will be dropped), within its cancel_grace if the pool has one.
-        if (opts_.cancel_grace && call.worker != nullptr) {
+        // It runs on (its answer will be dropped), asked to stop if it takes
+        // a std::stop_token, within its cancel_grace if the pool has one.
+        if (call.worker != nullptr && (call.stoppable || opts_.cancel_grace)) {
             entry_guard guard(*this);
+            if (call.stoppable) ask_to_stop(*call.worker, call);
             watch_cancelled_head(*call.worker);
         }
         return;

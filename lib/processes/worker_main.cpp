@@ -5,6 +5,13 @@
 // always knows which call a dying worker was running. It exits when the
 // channel reaches EOF (the parent closed it or died) and, on Linux, when the
 // parent dies (PR_SET_PDEATHSIG).
+//
+// While a function that takes a std::stop_token runs, and only then, a second
+// thread (the stop watcher) reads the channel for it: a cancel frame for that
+// call requests its stop; the frames read meanwhile are kept, in order, and
+// served after the call, before anything else; a cancel for one of them
+// makes it start with its stop already requested. Other calls cost no thread
+// and no wakeup.
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -15,8 +22,17 @@
 #include <string_view>
 #include <typeinfo>
 
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+#include <vector>
+
 #include <cxxabi.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -89,9 +105,137 @@ void answer_error(int fd, std::string& out, frame_kind kind, std::uint64_t id, c
     write_all(fd, out);
 }
 
+/// A frame the stop watcher read while a call ran, kept for the main loop.
+struct saved_frame {
+    frame_kind kind;
+    std::uint64_t id;
+    std::string payload;
+};
+
+}  // namespace
+
+/// The worker's reading side: owned by the main thread, lent to the stop
+/// watcher while a stoppable call runs.
+struct channel_reader {
+    channel_reader(int fd, std::size_t max_frame) : in(fd), dec(max_frame) {}
+
+    int in;
+    frame_decoder dec;
+    std::deque<saved_frame> saved;          // read during a call; served before dec's frames
+    std::vector<std::uint64_t> stop_early;  // saved calls cancelled before they started
+    bool ended = false;                     // EOF or an error seen: the main loop meets it again
+
+    /// Reads what is there and sorts its frames (the watcher, during call
+    /// `running`): returns true when the parent asked that call to stop or
+    /// closed the channel (nobody can take its answer then).
+    bool read_during(std::uint64_t running);
+    /// Moves the complete frames dec holds to saved, noting cancels as
+    /// read_during does; true if one is for call `running`.
+    bool sort_frames(std::uint64_t running);
+};
+
+/// What a worker knows of the call it runs (declared in remote.hpp).
+class call_context {
+public:
+    call_context(channel_reader& rd, std::uint64_t id, bool stop_requested) noexcept
+        : rd_(rd), id_(id), stop_requested_(stop_requested) {}
+    ~call_context();
+    call_context(const call_context&) = delete;
+    call_context& operator=(const call_context&) = delete;
+
+    std::stop_token watch();
+
+private:
+    channel_reader& rd_;
+    std::uint64_t id_;
+    bool stop_requested_;
+    bool watching_ = false;
+};
+
+namespace {
+
+/// The thread that reads the channel while a stoppable call runs. Started at
+/// the first such call and kept (parked on a condition variable) until the
+/// process exits; never destroyed, so exit() does not wait for it.
+class stop_watcher {
+public:
+    stop_watcher() {
+        if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0)
+            die(3, fmt::format("cannot create the stop watcher's pipe: {}", std::strerror(errno)));
+        std::thread([this] { run(); }).detach();
+    }
+
+    /// Lends rd to the watcher until finish(); src's stop is requested on a cancel for call id.
+    void start(channel_reader& rd, std::uint64_t id, std::stop_source src) {
+        std::lock_guard lock(mutex_);
+        rd_ = &rd;
+        id_ = id;
+        src_ = std::move(src);
+        active_ = true;
+        idle_ = false;
+        ++generation_;
+        cv_.notify_all();
+    }
+
+    /// Takes rd back: returns once the watcher no longer touches it.
+    void finish() {
+        std::unique_lock lock(mutex_);
+        active_ = false;
+        char c = 1;
+        while (::write(wake_[1], &c, 1) < 0 && errno == EINTR) {
+        }
+        cv_.wait(lock, [&] { return idle_; });
+        rd_ = nullptr;
+        src_ = std::stop_source(std::nostopstate);
+    }
+
+private:
+    void run() noexcept {
+        std::unique_lock lock(mutex_);
+        std::uint64_t seen = 0;
+        for (;;) {
+            cv_.wait(lock, [&] { return generation_ != seen; });
+            seen = generation_;
+            while (active_) {
+                pollfd fds[2] = {{wake_[0], POLLIN, 0}, {rd_->ended ? -1 : rd_->in, POLLIN, 0}};
+                lock.unlock();
+                int r = ::poll(fds, 2, -1);
+                lock.lock();
+                if (r < 0 && errno != EINTR) die(3, fmt::format("the stop watcher's poll failed: {}", std::strerror(errno)));
+                if (!active_ || r <= 0 || fds[1].revents == 0) continue;
+                try {
+                    if (rd_->read_during(id_)) src_.request_stop();
+                } catch (const std::bad_alloc&) {
+                    die(3, "out of memory while reading the channel during a call");
+                }
+            }
+            char buf[64];
+            while (::read(wake_[0], buf, sizeof buf) > 0) {
+            }
+            idle_ = true;
+            cv_.notify_all();
+        }
+    }
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    int wake_[2] = {-1, -1};
+    std::uint64_t generation_ = 0;
+    bool active_ = false;
+    bool idle_ = true;
+    channel_reader* rd_ = nullptr;
+    std::uint64_t id_ = 0;
+    std::stop_source src_{std::nostopstate};
+};
+
+stop_watcher& the_stop_watcher() {
+    static stop_watcher* w = new stop_watcher;  // never destroyed: see the class
+    return *w;
+}
+
 /// Runs a call and writes its answer. The result is encoded straight into
 /// out behind a header patched afterwards: one copy (the encoding), then write().
-void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out) {
+void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, channel_reader& rd) {
     if (f.payload.size() < 16) {
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function identity");
         return;
@@ -104,8 +248,12 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out) {
     }
     out.clear();
     out.resize(frame_header_size);  // patched below, once the result's size is known
+    auto early = std::find(rd.stop_early.begin(), rd.stop_early.end(), f.id);
+    const bool stop_requested = early != rd.stop_early.end();
+    if (stop_requested) rd.stop_early.erase(early);
     try {
-        fn(f.payload.substr(16), out);  // the arguments are decoded from the frame where it lies
+        call_context ctx(rd, f.id, stop_requested);
+        fn(f.payload.substr(16), out, ctx);  // the arguments are decoded from the frame where it lies
     } catch (...) {
         auto [type, what] = describe_current();
         answer_error(fd, out, frame_kind::error, f.id, type, what);
@@ -121,7 +269,7 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out) {
     write_all(fd, out);
 }
 
-void run_init(int fd, const frame& f, std::string& out) {
+void run_init(int fd, const frame& f, std::string& out, channel_reader& rd) {
     std::string why;
     trampoline_fn fn = f.payload.size() == 16
                            ? find_function({get_u64(f.payload.data()), get_u64(f.payload.data() + 8)}, why)
@@ -133,10 +281,20 @@ void run_init(int fd, const frame& f, std::string& out) {
     }
     std::string ignored;
     try {
-        fn({}, ignored);
+        call_context ctx(rd, 0, false);  // an initializer takes no std::stop_token (remote_function)
+        fn({}, ignored, ctx);
     } catch (...) {
         auto [type, what] = describe_current();
         answer_error(fd, out, frame_kind::init_failed, 0, type, what);
+    }
+}
+
+void serve_frame(int fd, std::size_t max_frame, const frame& f, std::string& out, channel_reader& rd) {
+    switch (f.kind) {
+        case frame_kind::call: run_call(fd, max_frame, f, out, rd); break;
+        case frame_kind::init: run_init(fd, f, out, rd); break;
+        case frame_kind::cancel: break;  // for a call that has returned: too late
+        default: die(3, fmt::format("unexpected frame kind {} from the parent", static_cast<int>(f.kind)));
     }
 }
 
@@ -146,10 +304,23 @@ void run_init(int fd, const frame& f, std::string& out) {
     encode_into(out, protocol_version);
     write_all(fd, out);
 
-    frame_decoder dec(max_frame);
+    channel_reader rd(in, max_frame);
     for (;;) {
+        if (!rd.saved.empty()) {  // read while the last call ran: they come first
+            saved_frame s = std::move(rd.saved.front());
+            rd.saved.pop_front();
+            serve_frame(fd, max_frame, frame{s.kind, s.id, s.payload}, out, rd);
+            continue;
+        }
+        frame f{};
+        auto st = rd.dec.next(f);
+        if (st == frame_decoder::status::corrupt) die(3, "corrupt frame from the parent: " + rd.dec.error());
+        if (st == frame_decoder::status::frame) {
+            serve_frame(fd, max_frame, f, out, rd);
+            continue;
+        }
         std::size_t room = 0;
-        char* p = dec.prepare(room);
+        char* p = rd.dec.prepare(room);
         ssize_t n = ::read(in, p, room);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -160,22 +331,63 @@ void run_init(int fd, const frame& f, std::string& out) {
             std::fflush(nullptr);
             std::exit(0);
         }
-        dec.commit(static_cast<std::size_t>(n));
-        frame f{};
-        for (;;) {
-            auto st = dec.next(f);
-            if (st == frame_decoder::status::need_more) break;
-            if (st == frame_decoder::status::corrupt) die(3, "corrupt frame from the parent: " + dec.error());
-            switch (f.kind) {
-                case frame_kind::call: run_call(fd, max_frame, f, out); break;
-                case frame_kind::init: run_init(fd, f, out); break;
-                default: die(3, fmt::format("unexpected frame kind {} from the parent", static_cast<int>(f.kind)));
-            }
-        }
+        rd.dec.commit(static_cast<std::size_t>(n));
     }
 }
 
 }  // namespace
+
+bool channel_reader::read_during(std::uint64_t running) {
+    std::size_t room = 0;
+    char* p = dec.prepare(room);
+    ssize_t n = ::read(in, p, room);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return false;
+    if (n <= 0) {
+        ended = true;  // the main loop reads the same end or error after the call
+        return true;
+    }
+    dec.commit(static_cast<std::size_t>(n));
+    return sort_frames(running);
+}
+
+bool channel_reader::sort_frames(std::uint64_t running) {
+    bool stop = false;
+    frame f{};
+    for (;;) {
+        auto st = dec.next(f);
+        if (st == frame_decoder::status::need_more) break;
+        if (st == frame_decoder::status::corrupt) {
+            ended = true;  // the main loop reports it after the call
+            break;
+        }
+        if (f.kind != frame_kind::cancel) {
+            saved.push_back({f.kind, f.id, std::string(f.payload)});
+        } else if (f.id == running) {
+            stop = true;
+        } else if (std::any_of(saved.begin(), saved.end(),
+                               [&](const saved_frame& s) { return s.kind == frame_kind::call && s.id == f.id; })) {
+            stop_early.push_back(f.id);
+        }
+    }
+    return stop;
+}
+
+call_context::~call_context() {
+    if (watching_) the_stop_watcher().finish();
+}
+
+std::stop_token call_context::watch() {
+    std::stop_source src;
+    // Its cancel may already be among the bytes read with its call.
+    if (stop_requested_ || rd_.sort_frames(id_) || rd_.ended) src.request_stop();
+    if (!watching_ && !rd_.ended) {
+        the_stop_watcher().start(rd_, id_, src);
+        watching_ = true;
+    }
+    return src.get_token();
+}
+
+std::stop_token watch_for_stop(call_context& ctx) { return ctx.watch(); }
 
 namespace {
 /// True when this process's argv[1] is the worker flag: it was started as a

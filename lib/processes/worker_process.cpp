@@ -403,6 +403,17 @@ void kill_worker_now(worker_process& w) noexcept {
     ::kill(w.pid, SIGKILL);
 }
 
+void ask_to_stop(worker_process& w, const process_call& c) noexcept {
+    // A worker that is going (its channel closed, or killed) ends its calls anyway.
+    if (w.exited || (w.closed_by_us & pipe_bit) != 0 || w.st == worker_process::state::dying) return;
+    try {
+        append_frame(w.ch.out_pending, frame_kind::cancel, get_u64(c.frame.data() + 5), {});
+    } catch (...) {
+        return;  // std::bad_alloc: no stop is asked for; cancel_grace still applies
+    }
+    flush(w.ch);
+}
+
 void watch_cancelled_head(worker_process& w) noexcept {
     const auto& grace = w.pool->options().cancel_grace;
     if (!grace || w.cancel_timer || !w.said_hello || w.st != worker_process::state::ready || w.head == nullptr ||

@@ -93,6 +93,9 @@ void kill_worker(worker_process& w, Why&& why) noexcept;
 /// Closes w's channel, its signal to exit when done; killed if it has not
 /// exited within a grace period.
 void retire_worker(worker_process& w) noexcept;
+/// c, sent to w, was cancelled and its function takes a std::stop_token:
+/// sends w a cancel frame, which requests that call's stop in the worker.
+void ask_to_stop(worker_process& w, const process_call& c) noexcept;
 /// If w is running a call whose future was cancelled, starts its
 /// cancel_grace (if the pool has one): past it, w is killed.
 void watch_cancelled_head(worker_process& w) noexcept;

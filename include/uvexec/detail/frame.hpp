@@ -18,12 +18,13 @@
 namespace uvexec::inline v0::detail {
 
 /// Protocol version; a worker built from other uvexec sources says so in HELLO.
-inline constexpr std::uint32_t protocol_version = 2;
+inline constexpr std::uint32_t protocol_version = 3;
 
 enum class frame_kind : std::uint8_t {
     // parent -> worker
     call = 1,  // id = task id; payload = u64 function key, u64 module offset (fn.hpp), the arguments' archive
     init = 2,  // id = 0; payload = u64 function key and u64 module offset of the initializer
+    cancel = 3,  // id = task id of a call sent earlier whose function takes a std::stop_token; no payload
     // worker -> parent
     hello = 16,        // id = worker pid; payload = u32 protocol version
     result = 17,       // id = task id; payload = the result's archive

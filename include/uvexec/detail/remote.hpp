@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -29,9 +30,16 @@
 
 namespace uvexec::inline v0::detail {
 
+/// What a worker knows of the call it runs (lib/processes/worker_main.cpp).
+class call_context;
+
+/// The stop token of the call ctx describes; from here until the call
+/// returns, the worker also listens for the parent's cancel frame.
+std::stop_token watch_for_stop(call_context& ctx);
+
 /// Runs a registered function: decodes the arguments, calls, appends the
 /// result's archive to result (the worker's answer frame, behind its header).
-using trampoline_fn = void (*)(std::string_view args, std::string& result);
+using trampoline_fn = void (*)(std::string_view args, std::string& result, call_context& ctx);
 
 /// Any function's address, for identity only (never called as this type).
 using any_function = void (*)();
@@ -82,17 +90,23 @@ struct remote {
     static std::string_view name() noexcept { return pretty_name<F>(); }
 
 private:
-    static void trampoline(std::string_view in, std::string& out) {
+    static void trampoline(std::string_view in, std::string& out, call_context& ctx) {
         args_tuple args;
         if constexpr (std::tuple_size_v<args_tuple> > 0) {
             std::apply([&](auto&... a) { decode_from(in, a...); }, args);
         } else {
             decode_from(in);
         }
+        // The arguments are decoded (in is not read again): only now may the
+        // worker read the channel while F runs.
+        auto call = [&](auto&... a) -> decltype(auto) {
+            if constexpr (fn_t<F>::takes_stop_token) return std::invoke(F, watch_for_stop(ctx), std::move(a)...);
+            else return std::invoke(F, std::move(a)...);
+        };
         if constexpr (std::is_void_v<result_type>) {
-            std::apply([](auto&... a) { std::invoke(F, std::move(a)...); }, args);
+            std::apply(call, args);
         } else {
-            result_type r = std::apply([](auto&... a) -> result_type { return std::invoke(F, std::move(a)...); }, args);
+            result_type r = std::apply(call, args);
             out.reserve(out.size() + encoded_size_hint(r));
             encode_into(out, r);
         }
