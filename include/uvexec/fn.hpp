@@ -8,6 +8,11 @@
 // process run f: submitting fn<&f> to a process pool registers f with the
 // worker-side machinery (uvexec/detail/remote.hpp, which says how functions
 // are named across processes).
+//
+// A function whose first parameter is a std::stop_token is given one by the
+// executor and the caller passes only the other arguments; its stop is
+// requested when the call's future is cancelled while it runs
+// (docs/cancellation.md).
 #pragma once
 
 #include "uvexec/detail/config.hpp"
