@@ -421,6 +421,11 @@ pool_item* thread_pool_core::take_locked(pool_runner& r) noexcept {
     it->at = pool_item::where::running;
     --pending_count_;
     ++running_count_;
+    if (it->ops->request_stop != nullptr) {  // shutdown(true) may ask it to stop
+        it->next = stoppable_;
+        if (stoppable_) stoppable_->prev = it;
+        stoppable_ = it;
+    }
     return it;
 }
 
@@ -454,6 +459,11 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
         {
             std::lock_guard lock(pool.mutex_);
             --pool.running_count_;
+            if (it->ops->request_stop != nullptr) {
+                if (it->prev) it->prev->next = it->next; else pool.stoppable_ = it->next;
+                if (it->next) it->next->prev = it->prev;
+                it->prev = it->next = nullptr;
+            }
             if (it->initializer_failed) pool.stopped_ = true;
             if (std::exchange(newly_initialized, false)) pool.initialized_threads_.push_back(self);  // reserved
             next = pool.take_locked(r);
@@ -626,6 +636,16 @@ future<void> thread_pool_core::shutdown(bool cancel_futures) {
     shut_down_ = true;
     if (cancel_futures) {
         fail_queued(true, {});
+        // Running calls that take a std::stop_token are asked to stop (their
+        // futures get what they return). Collected under the lock, asked
+        // outside it (a stop callback may call back in); they stay alive
+        // until this loop thread completes them.
+        std::vector<pool_item*> running;
+        {
+            std::lock_guard lock(mutex_);
+            for (pool_item* it = stoppable_; it; it = it->next) running.push_back(it);
+        }
+        for (pool_item* it : running) it->ops->request_stop(it);
     }
     auto w = state_ptr<future_state<void>>::adopt(new future_state<void>(loop_));
     if (outstanding_ == 0) {

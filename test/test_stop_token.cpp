@@ -206,6 +206,35 @@ TEST_CASE("process pool: a stoppable call behind a plain one sees the cancel tha
     lp.run_until_complete(ex.shutdown());
 }
 
+/// Runs a stoppable call and a plain one on ex, then shutdown(true): the
+/// first is asked to stop and returns -1, the second runs to its end.
+template <class Executor>
+void check_shutdown_stops(uvexec::loop& lp, Executor& ex) {
+    gate g, stopped, plain;
+    auto stoppable = lp.run_in_executor(ex, fn<&work::stoppable>, g.path(), stopped.path());
+    auto other = lp.run_in_executor(ex, fn<&test::held>, plain.path());
+    g.wait_started(1);
+    plain.wait_started(1);
+    auto done = ex.shutdown(true);
+    lp.run_until_complete(wait_stopped(lp, stopped, 1));
+    plain.release();  // a call without a token runs to its end
+    lp.run_until_complete(std::move(done));
+    CHECK(stoppable.result() == -1);  // not cancelled: it returned what it returns when stopped
+    CHECK(other.result() > 0);
+}
+
+TEST_CASE("shutdown(cancel_futures=true) asks running calls that take a token to stop; their futures get what they return") {
+    uvexec::loop lp;
+    SUBCASE("thread pool") {
+        thread_pool_executor ex{{.max_workers = 2}};
+        check_shutdown_stops(lp, ex);
+    }
+    SUBCASE("process pool") {
+        process_pool_executor ex{{.max_workers = 2}};
+        check_shutdown_stops(lp, ex);
+    }
+}
+
 int main(int argc, char** argv) {
     uvexec::worker_main(argc, argv);
     doctest::Context context(argc, argv);

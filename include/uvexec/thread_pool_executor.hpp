@@ -67,6 +67,7 @@ struct pool_item_ops {
     void (*run)(pool_item*) noexcept;                  // worker thread
     void (*publish)(pool_item*) noexcept;              // loop thread
     future_state_base* (*state)(pool_item*) noexcept;  // the future's state
+    void (*request_stop)(pool_item*) noexcept;         // null unless the call takes a std::stop_token
 };
 
 /// The part of a thread-pool work item that the executor manages. It is a
@@ -74,8 +75,10 @@ struct pool_item_ops {
 /// prev/next link it into the executor's staged queue (loop thread only) or
 /// its pending queue, and `at` says which; once an item has left the staged
 /// queue, its links and `at` are guarded by the core's mutex until a runner
-/// takes it. A finished call's `next` links it into the core's done stack
-/// (lock-free); it stays `running` until the loop thread completes it.
+/// takes it. A running call that takes a std::stop_token is linked into the
+/// core's list of them (under the mutex) until it returns. A finished call's
+/// `next` links it into the core's done stack (lock-free); it stays `running`
+/// until the loop thread completes it.
 struct pool_item {
     enum class where : std::uint8_t { nowhere, staged, pending, running };
 
@@ -164,6 +167,7 @@ private:
 
     // Guarded by mutex_: shared between the loop thread and the runners.
     mutable std::mutex mutex_;
+    pool_item* stoppable_ = nullptr;     // running calls that take a std::stop_token (doubly linked)
     pool_item* pending_head_ = nullptr;  // FIFO of calls not yet taken by a runner
     pool_item* pending_tail_ = nullptr;
     std::size_t pending_count_ = 0;
@@ -241,6 +245,10 @@ private:
         }
     }
 
+    static void request_stop(pool_item* it) noexcept {
+        if constexpr (stoppable) self(it).stop_.request_stop();
+    }
+
     static void publish(pool_item* it) noexcept {
         auto& s = self(it);
         if (s.done()) return;  // cancelled while running: the result is dropped
@@ -255,7 +263,8 @@ private:
         item().pool->cancel(item());
     }
 
-    static constexpr pool_item_ops ops_{&thread_item::run, &thread_item::publish, &thread_item::state_of};
+    static constexpr pool_item_ops ops_{&thread_item::run, &thread_item::publish, &thread_item::state_of,
+                                        stoppable ? &thread_item::request_stop : nullptr};
 
     Fn fn_;
     [[no_unique_address]] std::conditional_t<stoppable, std::stop_source, no_stop_source> stop_;
@@ -322,7 +331,8 @@ public:
     }
 
     /// Python: executor.shutdown(wait, cancel_futures). Stops accepting work;
-    /// with cancel_futures, queued work is cancelled. Returns a future that
+    /// with cancel_futures, queued work is cancelled and running calls that
+    /// take a std::stop_token are asked to stop. Returns a future that
     /// completes once all accepted work has finished: `co_await ex.shutdown()`
     /// is Python's wait=True, ignoring the future is wait=False. Idempotent.
     future<void> shutdown(bool cancel_futures = false) { return core_->shutdown(cancel_futures); }

@@ -371,7 +371,15 @@ future<void> process_pool_core::shutdown(bool cancel_futures) {
     auto f = shutdown_future();
     entry_guard guard(*this);
     shut_down_ = true;
-    if (cancel_futures) fail_queued(true, {});
+    if (cancel_futures) {
+        fail_queued(true, {});
+        // Sent calls that take a std::stop_token are asked to stop (their
+        // futures get what they return), as on the thread pool.
+        for (auto* w : slots_)
+            if (w)
+                for (process_call* c = w->head; c; c = c->next)
+                    if (c->stoppable) ask_to_stop(*w, *c);
+    }
     return f;
 }
 
