@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
                bench::join(floor, "{:.2f}"), bench::median(floor));
     for (auto [name, path] : {std::pair{"executor_thread", thread}, std::pair{"executor_process", process}}) {
         if (path.empty()) continue;
-        auto v = bench::repeat(reps, 1, [&] { return run_ms(path); });
+        // path by an init-capture: clang 14 cannot capture a structured binding.
+        auto v = bench::repeat(reps, 1, [&path = path] { return run_ms(path); });
         double m = bench::median(v);
         fmt::print("  {} ms: {} (median {:.2f}, {:+.2f} ms over 200 ms)\n", name, bench::join(v, "{:.2f}"), m,
                    m - ideal_ms);

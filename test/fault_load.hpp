@@ -216,7 +216,8 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed) {
     CHECK(twice == 0);
     CHECK(wrong == 0);
     CHECK(bad_failure == 0);
-    for (auto [pid, n] : failures_per_pid) {
+    for (auto [worker, n] : failures_per_pid) {
+        auto pid = worker;  // CAPTURE captures in a lambda, and clang 14 cannot capture a structured binding
         CAPTURE(pid);
         CHECK(n == 1);  // a dying worker fails only the call it was running
     }
