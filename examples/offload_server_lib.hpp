@@ -109,11 +109,22 @@ struct server_options {
 };
 
 /// Parses `--host H --port P --threads N --processes N --max-line BYTES
-/// --grace SECONDS` (also `--opt=value`). Throws std::invalid_argument with a
+/// --max-pending N --grace SECONDS` (also `--opt=value`). Throws std::invalid_argument with a
 /// readable message; returns false if --help was given (usage printed).
 bool parse_command_line(int argc, char** argv, server_options& out);
 /// The usage text.
 std::string usage(std::string_view program);
+
+/// What the usage text says differs between the servers that share this
+/// command line (offload_server, http_server).
+struct usage_words {
+    std::string_view threads_for;    // what the thread pool serves
+    std::string_view processes_for;  // what the process pool serves
+    std::string_view max_line_of;    // what --max-line limits
+    int grace_default = 10;          // seconds
+    std::string protocol;            // the last line
+};
+std::string usage(std::string_view program, const usage_words& words);
 
 /// Passed to the ready callback once the server is listening.
 struct ready_info {
