@@ -7,13 +7,13 @@ usage: test_http_server.py PATH_TO_HTTP_SERVER
 """
 import os
 import re
-import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
+
+import server_process  # beside this file
 
 TIMEOUT = 30.0  # seconds: the bound on every wait (sanitizer builds are slow)
 MASK = (1 << 64) - 1
@@ -91,22 +91,7 @@ class Client:
 
 
 def start_server(exe, *args):
-    proc = subprocess.Popen([exe, "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + TIMEOUT
-    line = b""
-    while not line.endswith(b"\n"):
-        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            proc.kill()
-            raise AssertionError("the server did not say where it listens in time")
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            raise AssertionError(f"the server exited: {proc.wait()} {proc.stderr.read().decode()}")
-        line += chunk
-    m = re.match(rb"listening on 127\.0\.0\.1:(\d+)", line)
-    assert m, line
-    return proc, int(m.group(1))
+    return server_process.start_server(exe, args, TIMEOUT)
 
 
 def descendants(pid):
