@@ -15,7 +15,7 @@ alternating the unloaded and loaded runs, --reps times, and prints the
 medians and the ratio p99 saturated / p99 unloaded (goal: at most 2).
 
 usage: http_server.py --server build/examples/http_server [--duration 5] [--reps 3]
-                      [--threads 1] [--processes 1] [--connections 4]
+                      [--threads 1] [--processes 1] [--pool-nice 0] [--connections 4]
 """
 import argparse
 import os
@@ -33,10 +33,11 @@ import server_process  # noqa: E402
 TIMEOUT = 60.0  # seconds: the bound on every wait beyond a run's own duration
 
 
-def start_server(exe, threads, processes):
+def start_server(exe, threads, processes, pool_nice):
     try:
-        return server_process.start_server(exe, ["--threads", str(threads), "--processes", str(processes)], TIMEOUT,
-                                           stderr=subprocess.DEVNULL)
+        return server_process.start_server(
+            exe, ["--threads", str(threads), "--processes", str(processes), "--pool-nice", str(pool_nice)], TIMEOUT,
+            stderr=subprocess.DEVNULL)
     except RuntimeError as e:
         sys.exit(str(e))
 
@@ -102,6 +103,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions; medians are printed (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="the server's --threads (default 1)")
     ap.add_argument("--processes", type=int, default=1, help="the server's --processes (default 1)")
+    ap.add_argument("--pool-nice", type=int, default=0,
+                    help="the server's --pool-nice: nice value of pool threads and workers (default 0)")
     ap.add_argument("--connections", type=int, default=4, help="wrk connections for /ping throughput (default 4)")
     ap.add_argument("--fib-n", type=int, default=30, help="n of the /fib load (default 30)")
     ap.add_argument("--hash-n", type=int, default=2000000, help="n of the /hash load (default 2000000)")
@@ -110,7 +113,7 @@ def main():
         print("http_server benchmark skipped: wrk not found (Debian: apt-get install wrk)")
         return 77  # meson's "skipped"
 
-    proc, port = start_server(args.server, args.threads, args.processes)
+    proc, port = start_server(args.server, args.threads, args.processes, args.pool_nice)
     base = f"http://127.0.0.1:{port}"
     try:
         run_wrk(f"{base}/ping", args.connections, 1)  # warm-up
@@ -135,7 +138,8 @@ def main():
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
     ratio = med(busy, "p99") / med(idle, "p99")
     print()
-    print(f"http_server on 127.0.0.1: --threads {args.threads} --processes {args.processes}, wrk -t1 -d{args.duration}s, "
+    print(f"http_server on 127.0.0.1: --threads {args.threads} --processes {args.processes} "
+          f"--pool-nice {args.pool_nice}, wrk -t1 -d{args.duration}s, "
           f"medians of {args.reps}; load: /fib?n={args.fib_n} on {2 * args.processes} and "
           f"/hash?n={args.hash_n} on {2 * args.threads} connection(s)")
     print()

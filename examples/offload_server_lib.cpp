@@ -150,7 +150,7 @@ request parse_request(std::string_view line) {
 std::string usage(std::string_view program, const usage_words& w) {
     return fmt::format(
         "usage: {} [--host ADDR] [--port N] [--threads N] [--processes N] [--max-line BYTES] [--max-pending N]\n"
-        "          [--grace SECONDS]\n"
+        "          [--grace SECONDS] [--pool-nice N]\n"
         "  --host ADDR        address to listen on (default 127.0.0.1)\n"
         "  --port N           TCP port, 0 picks a free one (default 7000)\n"
         "  --threads N        thread pool size for {} (default 4)\n"
@@ -159,6 +159,8 @@ std::string usage(std::string_view program, const usage_words& w) {
         "  --max-pending N    unanswered requests per connection before reading pauses (default 64)\n"
         "  --grace SECONDS    on SIGINT/SIGTERM, how long running work may take before it is\n"
         "                     abandoned and the workers are killed (default {}; 0 waits forever)\n"
+        "  --pool-nice N      nice value of the pools' threads and worker processes, so that\n"
+        "                     their work yields the CPU to the loop (default 0: none)\n"
         "{}\n",
         program, w.threads_for, w.processes_for, w.max_line_of, w.grace_default, w.protocol);
 }
@@ -209,6 +211,8 @@ bool parse_command_line(int argc, char** argv, server_options& out) {
             out.max_pending_per_connection = static_cast<std::size_t>(number(name, take(), 1, 65536));
         } else if (name == "--grace") {
             out.shutdown_grace = std::chrono::seconds(number(name, take(), 0, 86400));
+        } else if (name == "--pool-nice") {
+            out.pool_nice = static_cast<int>(number(name, take(), 0, 19));
         } else {
             throw std::invalid_argument(fmt::format("unknown option \"{}\"", printable(arg, 64)));
         }

@@ -104,12 +104,15 @@ struct server_options {
     std::size_t max_line = 4096;                  // bytes, without the '\n'
     std::size_t max_pending_per_connection = 64;  // unanswered requests before reading pauses
     std::chrono::milliseconds shutdown_grace{10000};
+    // Nice value (0-19) of the pools' threads and worker processes: above 0,
+    // CPU-heavy calls yield the CPU to the loop thread when cores are short.
+    int pool_nice = 0;
     bool handle_signals = true;  // SIGINT/SIGTERM start the shutdown (uv_signal_t)
     bool verbose = true;         // lifecycle messages on stderr
 };
 
 /// Parses `--host H --port P --threads N --processes N --max-line BYTES
-/// --max-pending N --grace SECONDS` (also `--opt=value`). Throws std::invalid_argument with a
+/// --max-pending N --grace SECONDS --pool-nice N` (also `--opt=value`). Throws std::invalid_argument with a
 /// readable message; returns false if --help was given (usage printed).
 bool parse_command_line(int argc, char** argv, server_options& out);
 /// The usage text.

@@ -5,6 +5,9 @@
 #include <exception>
 
 #include <arpa/inet.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 namespace offload {
 
@@ -64,14 +67,25 @@ void report_open_handles(uv_loop_t* uv, std::string_view program) {
 
 bool server_core::start(uv_connection_cb on_connection, uv_signal_cb on_signal, ready_info& bound_to) {
     try {
-        threads.emplace(uvexec::thread_pool_options{.max_workers = opts.threads});
+        uvexec::thread_pool_options thread_options{.max_workers = opts.threads};
         // One call per worker at a time: a call waiting for a busy worker stays
         // in the pool's queue, where cancelling it (its client left) means it
         // never runs. (The default of 2 would send it to the busy worker, and a
         // call already sent runs even when cancelled.) Requests and answers are
         // a few bytes, so frames are capped small.
-        processes.emplace(uvexec::process_pool_options{
-            .max_workers = opts.processes, .max_frame_size = 64 * 1024, .max_in_flight_per_worker = 1});
+        uvexec::process_pool_options process_options{
+            .max_workers = opts.processes, .max_frame_size = 64 * 1024, .max_in_flight_per_worker = 1};
+        if (opts.pool_nice > 0) {
+            // Linux keeps a nice value per thread: each pool thread lowers its
+            // own (libuv's threads, so its file-system work too); workers are
+            // started through nice(1), which execs them with fd 3 intact.
+            thread_options.initializer = [n = opts.pool_nice] {
+                setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), n);
+            };
+            process_options.launcher = {"nice", "-n", std::to_string(opts.pool_nice)};
+        }
+        threads.emplace(std::move(thread_options));
+        processes.emplace(std::move(process_options));
         lp.emplace(uv);
     } catch (const std::exception& e) {
         fmt::print(stderr, "{}: cannot start: {}\n", program, e.what());

@@ -76,7 +76,7 @@ struct server_core {
 
     /// Creates the pools (the process pool sends one call per worker at a
     /// time, so that a call waiting for a busy worker stays cancellable in
-    /// the pool's queue) and the uvexec::loop, listens, and watches SIGINT and
+    /// the pool's queue; both at opts.pool_nice) and the uvexec::loop, listens, and watches SIGINT and
     /// SIGTERM if opts.handle_signals. Returns false, having said why, if the
     /// server cannot start.
     bool start(uv_connection_cb on_connection, uv_signal_cb on_signal, ready_info& bound_to);

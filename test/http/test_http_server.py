@@ -265,11 +265,34 @@ def test_grace_over(exe):
     check(all(process_state(w) is None for w in workers), f"the worker was killed and reaped {workers}")
 
 
+def nice_of(stat_path):
+    with open(stat_path) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19, nice
+
+
+def test_pool_nice(exe):
+    """--pool-nice: the worker processes and the pool's threads run at that nice value, the loop at 0."""
+    proc, port = start_server(exe, "--threads", "1", "--processes", "1", "--pool-nice", "7")
+    try:
+        c = Client(port)
+        check(c.request("/fib?n=10")[2] == "55\n" and c.request("/hash?n=10")[0] == 200, "answers with --pool-nice")
+        workers = descendants(proc.pid)
+        check(workers and all(nice_of(f"/proc/{w}/stat") == 7 for w in workers), "worker processes at nice 7")
+        threads = {int(t): nice_of(f"/proc/{proc.pid}/task/{t}/stat") for t in os.listdir(f"/proc/{proc.pid}/task")}
+        check(threads[proc.pid] == 0 and 7 in threads.values(), f"the loop thread at 0, a pool thread at 7 {threads}")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(TIMEOUT)
+    check(rc == 0, "exit status 0")
+
+
 def main():
     exe = sys.argv[1]
     test_requests(exe)
     test_sigterm_during_work(exe)
     test_grace_over(exe)
+    test_pool_nice(exe)
     print("all passed")
 
 
