@@ -36,7 +36,8 @@
 // and every worker process reaped. If that takes longer than --grace seconds
 // (default 5), or a second signal arrives, it stops waiting: the connections
 // are closed, their work cancelled, the worker processes killed and reaped,
-// and it exits 0 as well.
+// and it exits 0 as well (a /hash already running on a pool thread cannot be
+// interrupted: the exit waits for it, at most about a second at its bound).
 //
 // The command line is offload_server's (same parser): --host, --port (0 picks
 // a free port, printed as `listening on HOST:PORT`), --threads, --processes,
