@@ -41,7 +41,8 @@
 //
 // The command line is offload_server's (same parser): --host, --port (0 picks
 // a free port, printed as `listening on HOST:PORT`), --threads, --processes,
-// --max-line (longest URL), --max-pending, --grace (here 5 s by default).
+// --max-line (longest URL), --max-pending, --grace (here 5 s by default),
+// --pool-nice (the nice value of the pools' threads and workers).
 #include <algorithm>
 #include <array>
 #include <charconv>
