@@ -13,6 +13,7 @@
 //    libuv runs (with UV_ECANCELED if need be) before the close callback of
 //    the connection's handle.
 #include "offload_server_lib.hpp"
+#include "server_core.hpp"
 
 #include <algorithm>
 #include <array>
@@ -146,18 +147,29 @@ request parse_request(std::string_view line) {
 
 // --- the command line ----------------------------------------------------------
 
-std::string usage(std::string_view program) {
+std::string usage(std::string_view program, const usage_words& w) {
     return fmt::format(
-        "usage: {} [--host ADDR] [--port N] [--threads N] [--processes N] [--max-line BYTES] [--grace SECONDS]\n"
+        "usage: {} [--host ADDR] [--port N] [--threads N] [--processes N] [--max-line BYTES] [--max-pending N]\n"
+        "          [--grace SECONDS] [--pool-nice N]\n"
         "  --host ADDR        address to listen on (default 127.0.0.1)\n"
         "  --port N           TCP port, 0 picks a free one (default 7000)\n"
-        "  --threads N        thread pool size for `square` (default 4)\n"
-        "  --processes N      worker processes for `fib` (default 2)\n"
-        "  --max-line BYTES   longest request line accepted (default 4096)\n"
+        "  --threads N        thread pool size for {} (default 4)\n"
+        "  --processes N      worker processes for {} (default 2)\n"
+        "  --max-line BYTES   longest {} accepted (default 4096)\n"
+        "  --max-pending N    unanswered requests per connection before reading pauses (default 64)\n"
         "  --grace SECONDS    on SIGINT/SIGTERM, how long running work may take before it is\n"
-        "                     abandoned and the workers are killed (default 10; 0 waits forever)\n"
-        "Protocol: one request per line: `ping`, `square N` (|N| <= {}), `fib N` (0 <= N <= {}).\n",
-        program, max_square_abs, max_fib_n);
+        "                     abandoned and the workers are killed (default {}; 0 waits forever)\n"
+        "  --pool-nice N      nice value of the pools' threads and worker processes, so that\n"
+        "                     their work yields the CPU to the loop (default 0: none)\n"
+        "{}\n",
+        program, w.threads_for, w.processes_for, w.max_line_of, w.grace_default, w.protocol);
+}
+
+std::string usage(std::string_view program) {
+    return usage(program, usage_words{"`square`", "`fib`", "request line", 10,
+                                      fmt::format("Protocol: one request per line: `ping`, `square N` (|N| <= {}), "
+                                                  "`fib N` (0 <= N <= {}).",
+                                                  max_square_abs, max_fib_n)});
 }
 
 bool parse_command_line(int argc, char** argv, server_options& out) {
@@ -195,8 +207,12 @@ bool parse_command_line(int argc, char** argv, server_options& out) {
             out.processes = static_cast<int>(number(name, take(), 1, 1024));
         } else if (name == "--max-line") {
             out.max_line = static_cast<std::size_t>(number(name, take(), 1, 1 << 24));
+        } else if (name == "--max-pending") {
+            out.max_pending_per_connection = static_cast<std::size_t>(number(name, take(), 1, 65536));
         } else if (name == "--grace") {
             out.shutdown_grace = std::chrono::seconds(number(name, take(), 0, 86400));
+        } else if (name == "--pool-nice") {
+            out.pool_nice = static_cast<int>(number(name, take(), 0, 19));
         } else {
             throw std::invalid_argument(fmt::format("unknown option \"{}\"", printable(arg, 64)));
         }
@@ -230,43 +246,17 @@ void server_control::stop() noexcept {
 
 namespace {
 
-/// Bytes of answers waiting in libuv for a client before we stop reading from it.
-constexpr std::size_t write_queue_limit = 1u << 20;
-
 struct connection;
 
-struct server {
+struct server : server_core {
     server(uv_loop_t* loop, const server_options& o, server_stats& s, server_control* c)
-        : uv(loop), opts(o), stats(s), control(c) {}
-    server(const server&) = delete;
-    server& operator=(const server&) = delete;
+        : server_core(loop, o, "offload_server"), stats(s), control(c) {}
 
-    uv_loop_t* uv;
-    const server_options& opts;
     server_stats& stats;
     server_control* control;
-
-    // Executors first, then the loop borrowing `uv`; torn down in finish().
-    std::optional<uvexec::thread_pool_executor> threads;
-    std::optional<uvexec::process_pool_executor> processes;
-    std::optional<uvexec::loop> lp;
-
-    uv_tcp_t listener{};
-    uv_signal_t sigint{}, sigterm{};
     uv_async_t stop_async{};
-    uv_timer_t grace{};
-    bool listener_open = false, sigint_open = false, sigterm_open = false, async_open = false, grace_open = false;
-
+    bool async_open = false;
     std::unordered_map<connection*, std::shared_ptr<connection>> conns;
-    bool stopping = false;
-    bool forced = false;
-    int executors_running = 0;
-    std::array<char, 64 * 1024> read_buffer{};
-
-    template <class... A>
-    void log(fmt::format_string<A...> f, A&&... a) const {
-        if (opts.verbose) fmt::print(stderr, "offload_server: {}\n", fmt::format(f, std::forward<A>(a)...));
-    }
 };
 
 struct reply {
@@ -276,67 +266,16 @@ struct reply {
     uvexec::future<std::uint64_t> work;   // the offloaded call, while pending
 };
 
-struct connection : std::enable_shared_from_this<connection> {
+// Draining (connection_core) after an over-long line.
+struct connection : connection_core, std::enable_shared_from_this<connection> {
     explicit connection(server& s) : srv(s) {}
     server& srv;
-    uv_tcp_t tcp{};
-    std::string in;            // received bytes not yet consumed
     std::size_t scanned = 0;   // in[0, scanned) has no '\n'
     std::deque<reply> replies;  // unanswered requests, in request order
     std::uint64_t next_seq = 0;
-    std::size_t writes_in_flight = 0;
-    bool reading = false;
-    bool pumping = false;      // pump() is on the stack
-    bool draining = false;     // over-long line: answer what is owed, then close
-    bool closing = false;
 };
 
-struct write_request {
-    uv_write_t req{};
-    std::string bytes;
-};
-
-uv_handle_t* as_handle(auto* h) noexcept { return reinterpret_cast<uv_handle_t*>(h); }
-uv_stream_t* as_stream(uv_tcp_t* h) noexcept { return reinterpret_cast<uv_stream_t*>(h); }
-
-void close_if_open(uv_handle_t* h, bool& open) noexcept {
-    if (!open) return;
-    open = false;
-    uv_close(h, nullptr);
-}
-
-void pump(connection& c);
-
-/// The client is gone (or must go): cancel its unanswered work and close.
-void close_connection(connection& c) {
-    if (c.closing) return;
-    c.closing = true;
-    // cancel() completes each future at once; its done-callback runs now,
-    // sees `closing` and drops it. Queued calls never run; running ones
-    // finish in their thread or worker and their results are discarded.
-    auto owed = std::move(c.replies);
-    c.replies.clear();
-    for (auto& r : owed)
-        if (r.work.valid()) r.work.cancel();
-    uv_close(as_handle(&c.tcp), [](uv_handle_t* h) {
-        auto* conn = static_cast<connection*>(h->data);
-        server& srv = conn->srv;
-        --srv.stats.connections_open;
-        srv.conns.erase(conn);  // frees the connection
-    });
-}
-
-void on_write(uv_write_t* req, int status) {
-    std::unique_ptr<write_request> w(static_cast<write_request*>(req->data));
-    auto& c = *static_cast<connection*>(req->handle->data);
-    --c.writes_in_flight;
-    if (c.closing) return;
-    if (status < 0) {
-        close_connection(c);  // the client went away under our answers
-        return;
-    }
-    pump(c);
-}
+void connection_closed(server& srv) noexcept { --srv.stats.connections_open; }
 
 /// Writes every ready answer at the front of the queue, in one uv_write.
 void flush(connection& c) {
@@ -346,17 +285,7 @@ void flush(connection& c) {
         out += '\n';
         c.replies.pop_front();
     }
-    if (out.empty()) return;
-    auto w = std::make_unique<write_request>();
-    w->bytes = std::move(out);
-    w->req.data = w.get();
-    uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned>(w->bytes.size()));
-    if (uv_write(&w->req, as_stream(&c.tcp), &buf, 1, &on_write) != 0) {
-        close_connection(c);
-        return;
-    }
-    w.release();  // freed by on_write
-    ++c.writes_in_flight;
+    if (!out.empty() && !c.write(std::move(out), &on_write<connection>)) close_connection(c);
 }
 
 void push_ready(connection& c, std::string text) {
@@ -430,10 +359,6 @@ void handle_line(connection& c, std::string_view line) {
     }
 }
 
-bool write_backlogged(connection& c) {
-    return uv_stream_get_write_queue_size(as_stream(&c.tcp)) >= write_queue_limit;
-}
-
 void reject_long_line(connection& c) {
     ++c.srv.stats.requests;
     ++c.srv.stats.error_replies;
@@ -442,10 +367,10 @@ void reject_long_line(connection& c) {
 }
 
 /// Handles the complete lines received, as far as the per-connection limits allow.
-void consume_lines(connection& c) {
+void consume(connection& c) {
     const auto& opts = c.srv.opts;
     std::size_t pos = 0;  // start of the first unconsumed line
-    while (!c.closing && !c.draining && c.replies.size() < opts.max_pending_per_connection && !write_backlogged(c)) {
+    while (!c.closing && !c.draining && c.replies.size() < opts.max_pending_per_connection && !c.write_backlogged()) {
         std::size_t nl = c.in.find('\n', std::max(pos, c.scanned));
         if (nl == std::string::npos) {
             c.scanned = c.in.size();
@@ -468,84 +393,15 @@ void consume_lines(connection& c) {
     }
 }
 
-void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
-    auto& srv = static_cast<connection*>(h->data)->srv;
-    *buf = uv_buf_init(srv.read_buffer.data(), static_cast<unsigned>(srv.read_buffer.size()));
-}
-
-void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
-    auto& c = *static_cast<connection*>(s->data);
-    if (nread < 0) {  // UV_EOF, ECONNRESET, ...: the client is gone
-        close_connection(c);
-        return;
-    }
-    if (nread == 0 || c.closing || c.draining) return;
-    c.in.append(buf->base, static_cast<std::size_t>(nread));
-    pump(c);
-}
-
-/// Reads while the connection has room for more requests and its client
-/// keeps reading its answers; otherwise leaves the bytes in the kernel. A
-/// draining connection reads and discards, so that no unread bytes turn its
-/// close into a reset that could destroy the last answers in flight.
-void update_reading(connection& c) {
-    bool want = !c.closing && (c.draining || (c.replies.size() < c.srv.opts.max_pending_per_connection &&
-                                              !write_backlogged(c)));
-    if (want && !c.reading) {
-        if (uv_read_start(as_stream(&c.tcp), &on_alloc, &on_read) != 0) {
-            close_connection(c);
-            return;
-        }
-        c.reading = true;
-    } else if (!want && c.reading) {
-        uv_read_stop(as_stream(&c.tcp));
-        c.reading = false;
-    }
-}
-
-/// Handles what can be handled, writes what is ready, and adjusts reading.
-/// Not reentrant: a completion that arrives while it runs (a submission that
-/// fails at once) only marks its answer ready, and this loop writes it.
-void pump(connection& c) {
-    if (c.closing || c.pumping) return;
-    c.pumping = true;
-    for (;;) {
-        consume_lines(c);
-        std::size_t before = c.replies.size();
-        flush(c);
-        if (c.closing) break;
-        if (c.replies.size() == before || c.draining) break;  // no room was freed
-    }
-    c.pumping = false;
-    if (c.closing) return;
-    if (c.draining && c.replies.empty() && c.writes_in_flight == 0) {
-        close_connection(c);
-        return;
-    }
-    update_reading(c);
-}
-
 void on_connection(uv_stream_t* listener, int status) {
-    auto& srv = *static_cast<server*>(listener->data);
+    auto& srv = server_of<server>(listener);
     if (status < 0) {
         srv.log("accept failed: {}", uv_strerror(status));
         return;
     }
-    auto c = std::make_shared<connection>(srv);
-    if (int r = uv_tcp_init(srv.uv, &c->tcp); r != 0) {
-        srv.log("uv_tcp_init failed: {}", uv_strerror(r));
-        return;
-    }
-    c->tcp.data = c.get();
-    srv.conns.emplace(c.get(), c);  // owned until its handle's close callback
     ++srv.stats.connections_open;
     ++srv.stats.connections_accepted;
-    if (uv_accept(listener, as_stream(&c->tcp)) != 0) {
-        close_connection(*c);
-        return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1);
-    update_reading(*c);
+    if (auto c = accept_connection<connection>(listener, srv)) update_reading(*c);
 }
 
 // --- shutdown ------------------------------------------------------------------
@@ -553,25 +409,12 @@ void on_connection(uv_stream_t* listener, int status) {
 void close_control_handles(server& srv) {
     if (srv.async_open && srv.control) control_access::detach(*srv.control);
     close_if_open(as_handle(&srv.stop_async), srv.async_open);
-    close_if_open(as_handle(&srv.listener), srv.listener_open);
-    close_if_open(as_handle(&srv.sigint), srv.sigint_open);
-    close_if_open(as_handle(&srv.sigterm), srv.sigterm_open);
-    close_if_open(as_handle(&srv.grace), srv.grace_open);
+    srv.close_handles();
 }
 
 /// Stop waiting for running work: uv_run returns, and finish() destroys the
 /// uvexec::loop, which cancels what is left and kills the worker processes.
-void force_stop(server& srv, std::string_view why) {
-    if (srv.forced) return;
-    srv.forced = true;
-    srv.log("{}: no longer waiting for running work", why);
-    uv_stop(srv.uv);
-}
-
-void executors_finished(server& srv) {
-    srv.log("executors shut down; closing");
-    close_control_handles(srv);  // nothing is left on the loop: uv_run returns
-}
+void force_stop(server& srv, std::string_view why) { srv.stop_waiting(why); }
 
 void begin_shutdown(server& srv, std::string_view why) {
     if (srv.stopping) {
@@ -589,96 +432,30 @@ void begin_shutdown(server& srv, std::string_view why) {
     // from only in close callbacks, so iterating it here is safe.
     for (auto& entry : srv.conns) close_connection(*entry.second);
 
-    if (srv.opts.shutdown_grace.count() > 0) {
-        uv_timer_start(
-            &srv.grace, [](uv_timer_t* t) { force_stop(*static_cast<server*>(t->data), "shutdown grace period over"); },
-            static_cast<std::uint64_t>(srv.opts.shutdown_grace.count()), 0);
-    }
+    srv.start_grace([](uv_timer_t* t) { force_stop(server_of<server>(t), "shutdown grace period over"); });
     // Wait, without blocking, for the calls already running; cancel the rest.
-    srv.executors_running = 2;
-    auto one_done = [&srv](const uvexec::future<void>&) {
-        if (--srv.executors_running == 0) executors_finished(srv);
-    };
-    srv.threads->shutdown(/*cancel_futures=*/true).add_done_callback(one_done);
-    srv.processes->shutdown(/*cancel_futures=*/true).add_done_callback(one_done);
+    srv.shutdown_pools(/*cancel_futures=*/true, [&srv] {
+        srv.log("executors shut down; closing");
+        close_control_handles(srv);  // nothing is left on the loop: uv_run returns
+    });
 }
 
 void on_signal(uv_signal_t* h, int signum) {
-    begin_shutdown(*static_cast<server*>(h->data), signum == SIGINT ? "SIGINT" : "SIGTERM");
+    begin_shutdown(server_of<server>(h), signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 // --- start and finish ----------------------------------------------------------
 
-int resolve(const server_options& opts, sockaddr_storage& addr) {
-    if (opts.host.find(':') != std::string::npos)
-        return uv_ip6_addr(opts.host.c_str(), opts.port, reinterpret_cast<sockaddr_in6*>(&addr));
-    return uv_ip4_addr(opts.host.c_str(), opts.port, reinterpret_cast<sockaddr_in*>(&addr));
-}
-
 /// Opens everything; returns false (having said why) if the server cannot start.
 bool start(server& srv, ready_info& info) {
-    const auto& opts = srv.opts;
-    try {
-        srv.threads.emplace(uvexec::thread_pool_options{.max_workers = opts.threads});
-        // One call per worker at a time: a fib waiting for a busy worker stays
-        // in the pool's queue, where cancelling it (its client left) means it
-        // never runs. (The default of 2 would send it to the busy worker, and a
-        // call already sent runs even when cancelled.) Requests and answers are
-        // a few bytes, so frames are capped small.
-        srv.processes.emplace(uvexec::process_pool_options{
-            .max_workers = opts.processes, .max_frame_size = 64 * 1024, .max_in_flight_per_worker = 1});
-        srv.lp.emplace(srv.uv);
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "offload_server: cannot start: {}\n", e.what());
-        return false;
-    }
-
-    sockaddr_storage addr{};
-    if (int r = resolve(opts, addr); r != 0) {
-        fmt::print(stderr, "offload_server: bad listen address \"{}\": {}\n", opts.host, uv_strerror(r));
-        return false;
-    }
-    uv_tcp_init(srv.uv, &srv.listener);
-    srv.listener.data = &srv;
-    srv.listener_open = true;
-    int r = uv_tcp_bind(&srv.listener, reinterpret_cast<const sockaddr*>(&addr), 0);
-    if (r == 0) r = uv_listen(as_stream(&srv.listener), SOMAXCONN, &on_connection);
-    if (r != 0) {
-        fmt::print(stderr, "offload_server: cannot listen on {}:{}: {}\n", opts.host, opts.port, uv_strerror(r));
-        return false;
-    }
-    sockaddr_storage bound{};
-    int len = sizeof(bound);
-    uv_tcp_getsockname(&srv.listener, reinterpret_cast<sockaddr*>(&bound), &len);
-    char name[INET6_ADDRSTRLEN] = {};
-    uv_ip_name(reinterpret_cast<const sockaddr*>(&bound), name, sizeof(name));
-    info.host = name;
-    info.port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                                            : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-
-    uv_timer_init(srv.uv, &srv.grace);
-    srv.grace.data = &srv;
-    srv.grace_open = true;
-    if (opts.handle_signals) {
-        uv_signal_init(srv.uv, &srv.sigint);
-        srv.sigint.data = &srv;
-        srv.sigint_open = true;
-        uv_signal_init(srv.uv, &srv.sigterm);
-        srv.sigterm.data = &srv;
-        srv.sigterm_open = true;
-        if (uv_signal_start(&srv.sigint, &on_signal, SIGINT) != 0 ||
-            uv_signal_start(&srv.sigterm, &on_signal, SIGTERM) != 0) {
-            fmt::print(stderr, "offload_server: cannot watch SIGINT/SIGTERM\n");
-            return false;
-        }
-    }
+    if (!srv.start(&on_connection, &on_signal, info)) return false;
     if (uv_async_init(srv.uv, &srv.stop_async, [](uv_async_t* a) {
-            begin_shutdown(*static_cast<server*>(a->data), "stop requested");
+            begin_shutdown(server_of<server>(a), "stop requested");
         }) != 0) {
         fmt::print(stderr, "offload_server: uv_async_init failed\n");
         return false;
     }
-    srv.stop_async.data = &srv;
+    srv.stop_async.data = static_cast<server_core*>(&srv);
     srv.async_open = true;
     if (srv.control) control_access::attach(*srv.control, &srv.stop_async);
     return true;
@@ -690,19 +467,7 @@ bool start(server& srv, ready_info& info) {
 void finish(server& srv) {
     close_control_handles(srv);
     for (auto& entry : srv.conns) close_connection(*entry.second);
-    srv.lp.reset();
-    srv.processes.reset();
-    srv.threads.reset();
-}
-
-void report_open_handles(uv_loop_t* uv) {
-    uv_walk(
-        uv,
-        [](uv_handle_t* h, void*) {
-            fmt::print(stderr, "offload_server:   still open: {} handle{}\n", uv_handle_type_name(uv_handle_get_type(h)),
-                       uv_is_closing(h) ? " (closing)" : "");
-        },
-        nullptr);
+    srv.release_uvexec();
 }
 
 }  // namespace
@@ -714,19 +479,11 @@ int run_offload_server(const server_options& opts, std::function<void(const read
         fmt::print(stderr, "offload_server: invalid options\n");
         return 1;
     }
-    // A write to a client that vanished must fail with EPIPE, not kill us.
-    std::signal(SIGPIPE, SIG_IGN);
-
-    uv_loop_t uv;
-    if (int r = uv_loop_init(&uv); r != 0) {
-        fmt::print(stderr, "offload_server: uv_loop_init: {}\n", uv_strerror(r));
-        return 1;
-    }
-    server_stats own_stats;
-    server_stats& stats = control ? control_access::stats(*control) : own_stats;
-    int rc = 0;
-    {
-        server srv(&uv, opts, stats, control);
+    return run_on_own_loop("offload_server", [&](uv_loop_t* uv) {
+        server_stats own_stats;
+        server_stats& stats = control ? control_access::stats(*control) : own_stats;
+        int rc = 0;
+        server srv(uv, opts, stats, control);
         ready_info info;
         if (start(srv, info)) {
             srv.log("listening on {}:{} ({} thread(s), {} worker process(es))", info.host, info.port, opts.threads,
@@ -740,21 +497,16 @@ int run_offload_server(const server_options& opts, std::function<void(const read
                     begin_shutdown(srv, "ready callback failed");
                 }
             }
-            uv_run(&uv, UV_RUN_DEFAULT);
+            uv_run(uv, UV_RUN_DEFAULT);
         } else {
             rc = 1;
         }
         finish(srv);
-        uv_run(&uv, UV_RUN_DEFAULT);  // close callbacks; calls and workers still coming back
+        uv_run(uv, UV_RUN_DEFAULT);  // close callbacks; calls and workers still coming back
         srv.log("stopped ({} connection(s) served, {} request(s), {} result(s) dropped)",
                 stats.connections_accepted.load(), stats.requests.load(), stats.results_dropped.load());
-    }
-    if (int r = uv_loop_close(&uv); r != 0) {
-        fmt::print(stderr, "offload_server: uv_loop_close: {}\n", uv_strerror(r));
-        report_open_handles(&uv);
-        return 1;
-    }
-    return rc;
+        return rc;
+    });
 }
 
 }  // namespace offload

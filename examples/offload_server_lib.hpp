@@ -104,16 +104,30 @@ struct server_options {
     std::size_t max_line = 4096;                  // bytes, without the '\n'
     std::size_t max_pending_per_connection = 64;  // unanswered requests before reading pauses
     std::chrono::milliseconds shutdown_grace{10000};
+    // Nice value (0-19) of the pools' threads and worker processes: above 0,
+    // CPU-heavy calls yield the CPU to the loop thread when cores are short.
+    int pool_nice = 0;
     bool handle_signals = true;  // SIGINT/SIGTERM start the shutdown (uv_signal_t)
     bool verbose = true;         // lifecycle messages on stderr
 };
 
 /// Parses `--host H --port P --threads N --processes N --max-line BYTES
-/// --grace SECONDS` (also `--opt=value`). Throws std::invalid_argument with a
+/// --max-pending N --grace SECONDS --pool-nice N` (also `--opt=value`). Throws std::invalid_argument with a
 /// readable message; returns false if --help was given (usage printed).
 bool parse_command_line(int argc, char** argv, server_options& out);
 /// The usage text.
 std::string usage(std::string_view program);
+
+/// What the usage text says differs between the servers that share this
+/// command line (offload_server, http_server).
+struct usage_words {
+    std::string_view threads_for;    // what the thread pool serves
+    std::string_view processes_for;  // what the process pool serves
+    std::string_view max_line_of;    // what --max-line limits
+    int grace_default = 10;          // seconds
+    std::string protocol;            // the last line
+};
+std::string usage(std::string_view program, const usage_words& words);
 
 /// Passed to the ready callback once the server is listening.
 struct ready_info {
