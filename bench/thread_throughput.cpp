@@ -24,9 +24,10 @@
 namespace {
 
 constexpr std::string_view usage =
-    "thread_throughput [--n 1000000] [--reps 5] [--workers W]\n"
+    "thread_throughput [--n 1000000] [--reps 5] [--workers W] [--time-calls 1]\n"
     "  N no-op calls through a thread_pool_executor (max_workers W, default Python's min(32, CPUs+4))\n"
-    "  gathered from one coroutine, against N bare uv_queue_work requests. Prints median rates.";
+    "  gathered from one coroutine, against N bare uv_queue_work requests. Prints median rates.\n"
+    "  --time-calls 0 turns off the executor's call timing (stats' wait and run times).";
 
 void noop() noexcept {}
 
@@ -241,10 +242,12 @@ int main(int argc, char** argv) {
     long n = opt.get("n", 1'000'000);
     long reps = opt.get("reps", 5);
     long workers = opt.get("workers", static_cast<long>(uvexec::thread_pool_executor::default_max_workers()));
+    // --time-calls 0: without stats()' wait and run times (thread_pool_options::time_calls).
+    const bool time_calls = opt.get("time-calls", 1) != 0;
     opt.done();
 
     // The executor comes first: it sizes libuv's pool before the pool starts.
-    uvexec::thread_pool_executor ex{{.max_workers = static_cast<int>(workers)}};
+    uvexec::thread_pool_executor ex{{.max_workers = static_cast<int>(workers), .time_calls = time_calls}};
     uvexec::loop lp;
     fmt::print("thread_throughput: N={} reps={} max_workers={} libuv pool={} threads\n", n, reps, workers,
                uvexec::libuv_pool_size());

@@ -65,6 +65,8 @@
 #include <fmt/format.h>
 
 #include "error_ptr.hpp"
+#include "room.hpp"
+#include "stats/recorder.hpp"
 #include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
 #include "uvexec/error.hpp"
@@ -204,7 +206,13 @@ thread_pool_core::thread_pool_core(thread_pool_options opts)
       prefix_(std::move(opts.name_prefix)),
       initializer_(std::move(opts.initializer)),
       id_(executor_counter.fetch_add(1)),
-      direct_left_(max_workers_) {
+      max_queue_(opts.max_queue.value_or(0)),
+      time_calls_(opts.time_calls),
+      direct_left_(max_workers_),
+      room_(std::make_unique<room_queue>()),
+      stats_(std::make_unique<call_recorder>(executor_stats::kind::threads)) {
+    if (opts.max_queue && *opts.max_queue == 0)
+        throw std::invalid_argument("uvexec::thread_pool_executor: max_queue must be at least 1 (unset: unbounded)");
     if (prefix_.empty()) prefix_ = fmt::format("ThreadPoolExecutor-{}", id_);
     slot_names_.reserve(max_workers_);
     free_slots_.resize(max_workers_);
@@ -244,6 +252,12 @@ void thread_pool_core::accept(loop_core& lp) {
         throw executor_shutdown_error(
             fmt::format("uvexec: cannot submit to thread_pool_executor '{}' after shutdown()", prefix_));
     if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    if (max_queue_ != 0 && waiting_.load() >= max_queue_) {
+        stats_->rejected();
+        throw queue_full_error(fmt::format(
+            "uvexec: thread_pool_executor '{}' has max_queue ({}) calls waiting; co_await room() or try later",
+            prefix_, max_queue_));
+    }
     // Runners retired but not yet back from libuv are not idle: keep enough
     // spares that submit() can start runners without waiting for the loop.
     if (idle_count_ < max_workers_) add_spare_runners();
@@ -291,6 +305,9 @@ void thread_pool_core::accept(loop_core& lp) {
 void thread_pool_core::submit(pool_item& it) noexcept {
     it.pool = this;
     it.next = nullptr;
+    if (time_calls_) it.wait_ns = uv_hrtime();
+    stats_->submitted();
+    if (max_queue_ != 0) waiting_.fetch_add(1);
     if (outstanding_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
     if (direct_left_ > 0) {  // then nothing is staged: flush() refills it after emptying the staged queue
         if (--direct_left_ == 0) arm_flush();
@@ -421,6 +438,7 @@ pool_item* thread_pool_core::take_locked(pool_runner& r) noexcept {
     it->at = pool_item::where::running;
     --pending_count_;
     ++running_count_;
+    if (max_queue_ != 0) waiting_.fetch_sub(1);
     if (it->ops->request_stop != nullptr) {  // shutdown(true) may ask it to stop
         it->next = stoppable_;
         if (stoppable_) stoppable_->prev = it;
@@ -444,7 +462,12 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
                           pool.initialized_threads_.end();
         it = pool.take_locked(r);
     }
+    // A slot in a bounded queue was freed: a room() waiter may go on.
+    if (it != nullptr && pool.room_wanted_.load()) uv_async_send(pool.async_);
+    // One clock read per call: a call starts when the one before it ended.
+    std::uint64_t start = pool.time_calls_ && it != nullptr ? uv_hrtime() : 0;
     while (it != nullptr) {
+        it->wait_ns = start - std::min(start, it->wait_ns);
         if (!initialized) {
             try {
                 pool.initializer_();
@@ -455,6 +478,11 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
             }
         }
         if (!it->initializer_failed) it->ops->run(it);
+        if (pool.time_calls_) {
+            const std::uint64_t end = uv_hrtime();
+            it->run_ns = end - start;
+            start = end;
+        }
         pool_item* next;
         {
             std::lock_guard lock(pool.mutex_);
@@ -472,7 +500,8 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
         // sends one (on_done takes the whole stack), and a retiring runner
         // sends none: its after_work_cb takes the stack anyway. The handle
         // stays open while any runner is inside libuv (close_handles).
-        if (pool.push_done(it) && next != nullptr) uv_async_send(pool.async_);
+        const bool room = next != nullptr && pool.room_wanted_.load();
+        if ((pool.push_done(it) || room) && next != nullptr) uv_async_send(pool.async_);
         it = next;
     }
     current_slot_name = nullptr;
@@ -495,6 +524,7 @@ void thread_pool_core::after_work_cb(uv_work_t* req, int status) noexcept {
     ++pool.idle_count_;
     --pool.runners_out_;
     pool.drain_done();
+    pool.offer_room();
     // Calls published when no runner was idle (a flush after runners retired
     // faster than the loop took them back) get one now.
     if (!pool.closing_) pool.restart_runners();
@@ -505,6 +535,7 @@ void thread_pool_core::after_work_cb(uv_work_t* req, int status) noexcept {
 void thread_pool_core::on_done(uv_async_t* h) noexcept {
     auto& pool = *static_cast<thread_pool_core*>(h->data);
     pool.drain_done();
+    pool.offer_room();
     pool.settle();  // may free the core
 }
 
@@ -544,10 +575,12 @@ void thread_pool_core::finish(pool_item& it) noexcept {
     it.at = pool_item::where::nowhere;  // no runner touches it any more
     if (it.initializer_failed && !broken_) {
         broken_ = true;
-        fail_queued(false, error_ptr([&] {
+        auto why = error_ptr([&] {
             return broken_executor_error(fmt::format("uvexec: thread_pool_executor '{}' is broken: its initializer failed: {}",
                                                      prefix_, describe(it.worker_exception)));
-        }));
+        });
+        close_room(why);
+        fail_queued(false, why);
     }
     future_state_base* st = it.shared_state();
     if (it.initializer_failed) {
@@ -557,8 +590,10 @@ void thread_pool_core::finish(pool_item& it) noexcept {
                                                          prefix_, describe(it.worker_exception)));
             }));
     } else {
+        if (time_calls_) stats_->ran(it.wait_ns, it.run_ns);
         it.ops->publish(&it);  // drops the result if the future was cancelled while running
     }
+    stats_->ended(st->state());
     st->release();
     item_gone();
 }
@@ -588,8 +623,11 @@ void thread_pool_core::cancel(pool_item& it) noexcept {
         it.prev = it.next = nullptr;
         it.at = pool_item::where::nowhere;
     }
+    stats_->ended(status::cancelled);
+    left_queue(1);
     it.shared_state()->release();  // the canceller holds its own reference
     item_gone();
+    offer_room();
     settle();
 }
 
@@ -597,6 +635,7 @@ void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) n
     pool_item* list;
     {
         std::lock_guard lock(mutex_);
+        left_queue(pending_count_ + staged_count_);
         // Staged calls come after the pending ones: fail them in submission order.
         if (staged_head_) {
             staged_head_->prev = pending_tail_;
@@ -616,10 +655,60 @@ void thread_pool_core::fail_queued(bool cancel, const std::exception_ptr& why) n
         future_state_base* st = it->shared_state();
         if (cancel) st->cancel();
         else if (!st->done()) st->set_exception(why);
+        stats_->ended(st->state());
         st->release();
         item_gone();
     }
     --busy_;
+}
+
+// Room waiters, now and to come, fail with why, or executor_shutdown_error when it is null.
+void thread_pool_core::close_room(std::exception_ptr why) noexcept {
+    if (!why) why = error_ptr([&] {
+        return executor_shutdown_error(fmt::format("uvexec: thread_pool_executor '{}' was shut down", prefix_));
+    });
+    ++busy_;
+    room_->close(std::move(why));
+    room_wanted_.store(false);
+    --busy_;
+}
+
+void thread_pool_core::left_queue(std::size_t n) noexcept {
+    if (max_queue_ != 0) waiting_.fetch_sub(n);
+}
+
+void thread_pool_core::offer_room() noexcept {
+    if (room_->empty()) return;
+    ++busy_;  // a woken waiter may destroy the executor
+    room_->offer([this]() noexcept -> std::size_t {
+        const std::size_t w = waiting_.load();
+        return w < max_queue_ ? max_queue_ - w : 0;
+    });
+    room_wanted_.store(!room_->empty());
+    --busy_;
+}
+
+future<void> thread_pool_core::room(loop_core& lp) {
+    // After shutdown or once broken the queue is closed: the future fails.
+    if (max_queue_ == 0 || loop_ == nullptr) return room_->wait(lp, true);  // unbounded, or nothing queued yet
+    auto f = room_->wait(lp, waiting_.load() < max_queue_);
+    // Published before looking again: a runner that takes a call after this
+    // wakes the loop, one that took it before is seen by offer_room().
+    room_wanted_.store(!room_->empty());
+    offer_room();
+    settle();
+    return f;
+}
+
+executor_stats thread_pool_core::stats() const noexcept {
+    std::size_t queued, active;
+    {
+        std::lock_guard lock(mutex_);
+        queued = pending_count_ + staged_count_;
+        active = active_runners_;
+    }
+    // Finished calls stay running until the loop thread completes them.
+    return stats_->snapshot(queued, outstanding_ - queued, active, max_workers_, max_queue_, uv_hrtime());
 }
 
 std::size_t thread_pool_core::queued() const noexcept {
@@ -634,6 +723,7 @@ std::size_t thread_pool_core::in_flight() const noexcept {
 
 future<void> thread_pool_core::shutdown(bool cancel_futures) {
     shut_down_ = true;
+    close_room(nullptr);
     if (cancel_futures) {
         fail_queued(true, {});
         // Running calls that take a std::stop_token are asked to stop (their
@@ -691,6 +781,7 @@ void thread_pool_core::close_handles() noexcept {
 void thread_pool_core::orphan() noexcept {
     shut_down_ = true;
     orphaned_ = true;
+    close_room(nullptr);
     release_pool_threads(max_workers_);
     fail_queued(true, {});
     settle();
@@ -698,6 +789,10 @@ void thread_pool_core::orphan() noexcept {
 
 void thread_pool_core::on_loop_closing() noexcept {
     closing_ = true;
+    ++busy_;
+    room_->cancel_all();
+    room_wanted_.store(false);
+    --busy_;
     fail_queued(true, {});
     // Runners still waiting for a libuv thread are cancelled (after_work_cb
     // sees UV_ECANCELED); running ones find the queue empty and retire.

@@ -54,7 +54,10 @@ public:
     void wait_started(int n) {
         for (int i = 0; i < n; ++i) {
             pollfd p{started_fd_, POLLIN, 0};
-            REQUIRE(::poll(&p, 1, 60000) == 1);
+            int r;
+            while ((r = ::poll(&p, 1, 60000)) < 0 && errno == EINTR) {  // a worker's SIGCHLD
+            }
+            REQUIRE(r == 1);
             char c = 0;
             REQUIRE(::read(started_fd_, &c, 1) == 1);
         }

@@ -67,6 +67,15 @@ public:
     using error::error;
 };
 
+/// submit() was refused because the executor's queue holds max_queue calls
+/// already. Thrown before submit touches its arguments: nothing was taken
+/// from the caller, who may wait (co_await ex.room(lp)) and submit again, or
+/// refuse the request (HTTP 503). Python: none (piscina's maxQueue error).
+class queue_full_error : public error {
+public:
+    using error::error;
+};
+
 /// An executor's initializer failed; the executor accepts no more work and its
 /// queued work fails with this error. Python: BrokenThreadPool / BrokenProcessPool.
 class broken_executor_error : public error {

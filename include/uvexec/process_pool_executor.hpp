@@ -33,6 +33,7 @@
 #include "uvexec/fn.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
+#include "uvexec/stats.hpp"
 #include "uvexec/this_worker.hpp"
 
 namespace uvexec::inline v0 {
@@ -117,6 +118,13 @@ struct process_pool_options {
     /// A worker that has not said hello by then is killed and the executor
     /// reports it broken (a worker that does not run worker_main, say).
     std::chrono::milliseconds startup_timeout{10000};
+    /// At most this many calls accepted and not yet sent to a worker (the
+    /// pool's own queue; calls pipelined to a busy worker have left it);
+    /// submit() beyond it throws queue_full_error. The calls a dead worker
+    /// had not started go back to the queue even if that passes the bound.
+    /// Unset means unbounded; 0 throws std::invalid_argument. Python: none
+    /// (piscina's maxQueue).
+    std::optional<std::size_t> max_queue{};
 };
 
 namespace detail {
@@ -139,6 +147,7 @@ struct process_call {
     std::int64_t* cost = nullptr;  // what its function is expected to take (the scheduler's)
     std::int64_t expected = 0;     // that estimate when it was sent; -1: not known to be short
     std::uint64_t sent_at = 0;     // uv_hrtime() when it was sent
+    std::uint64_t accepted_at = 0; // uv_hrtime() when it was submitted
     where at = where::nowhere;
     bool stoppable = false;        // its function takes a std::stop_token: a cancel is sent to the worker
 };
@@ -207,6 +216,8 @@ public:
     /// (the caller passes only the other arguments); cancelling the future
     /// while the call is in its worker sends the worker a cancel, which
     /// requests that stop.
+    /// Throws queue_full_error when max_queue calls wait already, before the
+    /// arguments are touched (an rvalue passed is not moved from).
     template <auto F, class... A>
     future<typename fn_t<F>::result_type> submit(loop& lp, fn_t<F>, A&&... args) {
         using R = typename fn_t<F>::result_type;
@@ -269,6 +280,14 @@ public:
     std::size_t queued() const noexcept;
     /// The pids of the live workers.
     std::vector<int> worker_pids() const;
+    /// Completes when the queue has room for one more call; see
+    /// thread_pool_executor::room. Fails with broken_executor_error once the
+    /// pool is broken.
+    future<void> room(loop& lp);
+    /// A snapshot of the executor's counters, gauges and histograms, worker
+    /// starts, deaths and recycles included; on the loop's thread. Python:
+    /// none (folly's getPoolStats()).
+    executor_stats stats() const noexcept;
 
 private:
     /// Checks that this pool takes a call of the function id names from lp

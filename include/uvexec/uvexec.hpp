@@ -14,6 +14,7 @@
 #include "uvexec/promise.hpp"
 #include "uvexec/shield.hpp"
 #include "uvexec/sleep.hpp"
+#include "uvexec/stats.hpp"
 #include "uvexec/task.hpp"
 #include "uvexec/task_group.hpp"
 #include "uvexec/thread_pool_executor.hpp"

@@ -96,6 +96,9 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
     // is one from its command line.
     for (char** e = environ; e && *e; ++e) spawn_env_.emplace_back(*e);
     slots_.assign(max_workers_, nullptr);
+    if (opts_.max_queue && *opts_.max_queue == 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_queue must be at least 1 (unset: unbounded)");
+    max_queue_ = opts_.max_queue.value_or(0);
 }
 
 process_pool_core::~process_pool_core() = default;
@@ -104,6 +107,12 @@ void process_pool_core::accept(loop_core& lp) {
     if (broken_) throw broken_executor_error("uvexec: the process_pool_executor is broken: " + broken_why_);
     if (shut_down_) throw executor_shutdown_error("uvexec: cannot submit to a process_pool_executor after shutdown()");
     if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    if (max_queue_ != 0 && queued_count_ >= max_queue_) {
+        recorder_.rejected();
+        throw queue_full_error(fmt::format(
+            "uvexec: process_pool_executor '{}' has max_queue ({}) calls waiting; co_await room() or try later",
+            prefix_, max_queue_));
+    }
     if (loop_ == nullptr) {
         loop_ = &lp;
         lp.attach(*this);
@@ -134,6 +143,8 @@ std::vector<int> process_pool_core::worker_pids() const {
 
 void process_pool_core::submit(process_call& call) noexcept {
     entry_guard guard(*this);
+    call.accepted_at = uv_hrtime();
+    recorder_.submitted();
     call.at = process_call::where::queued;
     call.prev = queue_tail_;
     call.next = nullptr;
@@ -179,10 +190,12 @@ void process_pool_core::cancel(process_call& call) noexcept {
     call.prev = call.next = nullptr;
     call.at = process_call::where::nowhere;
     --queued_count_;
+    recorder_.ended(status::cancelled);
     call.state->release();  // the canceller holds its own reference
 }
 
 void process_pool_core::ready(process_call& call) noexcept {
+    recorder_.ended(call.state->state());
     call.at = process_call::where::nowhere;
     call.prev = nullptr;
     call.next = nullptr;
@@ -255,6 +268,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         return nullptr;
     }
     worker_started(*w, pid);
+    ++recorder_.counters().starts;
     slots_[slot] = w;
     ++live_workers_;
     return w;
@@ -311,7 +325,11 @@ void process_pool_core::pump() noexcept {
 }
 
 void process_pool_core::on_call_done(worker_process& w) noexcept {
-    if (policy_.max_tasks != 0 && w.calls_sent >= policy_.max_tasks && w.in_flight == 0) retire_worker(w);
+    if (policy_.max_tasks != 0 && w.calls_sent >= policy_.max_tasks && w.in_flight == 0 &&
+        w.st == worker_process::state::ready) {
+        ++recorder_.counters().recycles;
+        retire_worker(w);
+    }
     pump();
     if (w.in_flight == 0 && w.st == worker_process::state::ready) hold_loop(w, false);
 }
@@ -331,6 +349,7 @@ void process_pool_core::break_pool(std::string_view why) noexcept {
         broken_why_ = why;
         return broken_executor_error("uvexec: the process_pool_executor is broken: " + std::string(why));
     });
+    close_room(error);
     fail_queued(false, error);
     for (auto* w : slots_) {
         if (!w) continue;
@@ -371,6 +390,7 @@ future<void> process_pool_core::shutdown(bool cancel_futures) {
     auto f = shutdown_future();
     entry_guard guard(*this);
     shut_down_ = true;
+    close_room(nullptr);
     if (cancel_futures) {
         fail_queued(true, {});
         // Sent calls that take a std::stop_token are asked to stop (their
@@ -387,6 +407,7 @@ future<void> process_pool_core::stop_workers(int sig, const char* who) {
     auto f = shutdown_future();
     entry_guard guard(*this);
     shut_down_ = true;
+    close_room(nullptr);
     fail_queued(true, {});
     for (auto* w : slots_)
         if (w) stop_worker(*w, sig, who);
@@ -417,6 +438,7 @@ void process_pool_core::orphan() noexcept {
     entry_guard guard(*this);
     shut_down_ = true;
     orphaned_ = true;
+    close_room(nullptr);
     fail_queued(true, {});
 }
 
@@ -427,6 +449,7 @@ void process_pool_core::on_loop_closing() noexcept {
     // the loop is walking its list of clients now, which they might change.
     ++busy_;
     closing_ = true;
+    room_.cancel_all();
     fail_queued(true, {});
     for (auto* w : slots_) {
         if (!w) continue;
@@ -444,6 +467,40 @@ void process_pool_core::on_loop_closed() noexcept {
     entry_guard guard(*this);
     loop_ = nullptr;
     closing_ = false;
+}
+
+// --- room and metrics ----------------------------------------------------------------
+
+void process_pool_core::offer_room() noexcept {
+    if (busy_ != 0 || room_.empty()) return;
+    ++busy_;  // what a woken waiter does (submit, shut down, destroy the executor) waits for the end
+    room_.offer([this]() noexcept { return queued_count_ < max_queue_ ? max_queue_ - queued_count_ : 0; });
+    --busy_;
+    notify_ready();
+}
+
+/// Room waiters fail with why, or with executor_shutdown_error when it is null.
+void process_pool_core::close_room(std::exception_ptr why) noexcept {
+    if (!why) why = error_ptr([] { return executor_shutdown_error("uvexec: the process_pool_executor was shut down"); });
+    ++busy_;
+    room_.close(std::move(why));
+    --busy_;
+}
+
+future<void> process_pool_core::room(loop_core& lp) {
+    // After shutdown or once broken the queue is closed: the future fails.
+    return room_.wait(lp, max_queue_ == 0 || queued_count_ < max_queue_);
+}
+
+void process_pool_core::count_exit(const worker_process& w) noexcept {
+    worker_deaths& d = recorder_.counters().deaths;
+    if (w.killed) ++d.killed;
+    else if (w.term_signal != 0) ++d.crashed;
+    else if (w.st != worker_process::state::retiring) ++d.exited;
+}
+
+executor_stats process_pool_core::stats() const noexcept {
+    return recorder_.snapshot(queued_count_, in_flight_, live_workers_, max_workers_, max_queue_, uv_hrtime());
 }
 
 void cancel_call(process_call& call) noexcept { call.pool->cancel(call); }
@@ -472,5 +529,7 @@ std::size_t process_pool_executor::max_workers() const noexcept { return core_->
 std::size_t process_pool_executor::live_workers() const noexcept { return core_->live_workers(); }
 std::size_t process_pool_executor::queued() const noexcept { return core_->queued(); }
 std::vector<int> process_pool_executor::worker_pids() const { return core_->worker_pids(); }
+future<void> process_pool_executor::room(loop& lp) { return core_->room(lp.core()); }
+executor_stats process_pool_executor::stats() const noexcept { return core_->stats(); }
 
 }  // namespace uvexec

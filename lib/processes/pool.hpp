@@ -17,13 +17,17 @@
 //    nothing may touch the pool after it (settle() may have freed it).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "../room.hpp"
+#include "../stats/recorder.hpp"
 #include "scheduler.hpp"
 #include "uvexec/detail/loop_core.hpp"
 #include "uvexec/process_pool_executor.hpp"
@@ -53,6 +57,8 @@ public:
     std::size_t live_workers() const noexcept { return live_workers_; }
     std::size_t queued() const noexcept { return queued_count_; }
     std::vector<int> worker_pids() const;
+    future<void> room(loop_core& lp);
+    executor_stats stats() const noexcept;
 
     void on_loop_closing() noexcept override;
     bool busy() const noexcept override { return live_workers_ != 0 || in_flight_ != 0; }
@@ -82,6 +88,13 @@ public:
     void left_worker() noexcept { --in_flight_; }
     /// Sends queued calls to workers, starting workers as needed.
     void pump() noexcept;
+    /// Call c started at `started` (see docs/process-pool.md, "Metrics") and
+    /// was answered at now.
+    void record_run(const process_call& c, std::uint64_t started, std::uint64_t now) noexcept {
+        recorder_.ran(started - std::min(started, c.accepted_at), now - std::min(now, started));
+    }
+    /// w has exited: counted by cause (retired workers are not deaths).
+    void count_exit(const worker_process& w) noexcept;
 
     /// Holds the pool for one entry (see the file comment).
     class entry_guard {
@@ -90,6 +103,7 @@ public:
         ~entry_guard() {
             --p_.busy_;
             p_.notify_ready();
+            p_.offer_room();
             p_.settle();
         }
         entry_guard(const entry_guard&) = delete;
@@ -113,6 +127,8 @@ private:
     /// Runs the waiters of the ready calls; every entry ends with it.
     void notify_ready() noexcept;
     void settle() noexcept;
+    void offer_room() noexcept;
+    void close_room(std::exception_ptr why) noexcept;
     process_call* pop_queue() noexcept;
     future<void> shutdown_future();
 
@@ -146,6 +162,9 @@ private:
     std::vector<future_state<void>*> shutdown_waiters_;
     std::exception_ptr spawn_error_;
     std::size_t failed_starts_ = 0;      // workers in a row that died before their hello
+    std::size_t max_queue_ = 0;          // 0: unbounded
+    room_queue room_;                    // room() waiters
+    call_recorder recorder_{executor_stats::kind::processes};
 };
 
 }  // namespace uvexec::detail

@@ -144,6 +144,7 @@ bool on_answer(worker_process& w, const frame& f) noexcept {
     const std::uint64_t now = uv_hrtime();
     process_call* c = pop_head(w);
     call_costs::learn(c->cost, now - std::min(now, w.head_started));
+    w.pool->record_run(*c, w.head_started, now);
     if (w.cancel_timer) {  // it returned within its cancel_grace
         w.cancel_timer = false;
         uv_timer_stop(&w.timer);
@@ -256,6 +257,7 @@ void on_exit(child_watch& watch, int status, bool status_lost) noexcept {
     } else {
         w.exit_status = WEXITSTATUS(status);
     }
+    w.pool->count_exit(w);
     if (!drain_channel(w.ch)) set_fault(w, [] { return std::string("the parent ran out of memory for its last message"); });
     finalize_exit(w);
 }
@@ -396,6 +398,7 @@ void kill_worker(worker_process& w, const char* why) noexcept {
 void kill_worker_now(worker_process& w) noexcept {
     w.st = worker_process::state::dying;
     if (w.exited) return;
+    w.killed = true;
     hold_loop(w, true);  // its exit is due
     // Safe from pid reuse: only the reaper reaps it, and it has not
     // (w.exited is false), so the pid is still this worker's, even as a
@@ -432,6 +435,7 @@ void stop_worker(worker_process& w, int sig, const char* who) noexcept {
     });
     w.st = worker_process::state::dying;  // what it sends from here on is not read
     w.cancel_timer = false;
+    w.killed = true;
     hold_loop(w, true);                   // its exit is due
     ::kill(w.pid, sig);
     if (sig != SIGKILL) {

@@ -47,6 +47,7 @@ struct worker_process final : channel_owner {
     state st = state::starting;
     bool said_hello = false;
     bool exited = false;
+    bool killed = false;           // uvexec sent it a signal (stats: a death by our hand)
     std::int64_t exit_status = 0;  // -1: reaped by another waitpid() in the process, status lost
     int term_signal = 0;
     std::string fault;  // why the pool killed it, if it did
