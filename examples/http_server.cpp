@@ -14,7 +14,10 @@
 //     /ping        200 "pong"                      answered at once, on the loop
 //     /hash?n=N    200 hash_rounds(N), in decimal  on the thread pool, 0 <= N <= max_hash_rounds
 //     /fib?n=N     200 fib(N)                      on the process pool, 0 <= N <= offload::max_fib_n (45)
+//     /metrics     200 both pools' stats()         Prometheus text (uvexec::prometheus_text), pool="threads"|"processes"
 //     any other path                 404
+//     /hash or /fib while its pool holds --max-queue calls not yet started
+//                                    503 with `Retry-After: 1` (uvexec::queue_full_error)
 //     n missing, not an integer, or out of its bounds; a URL longer than
 //     --max-line bytes                400, and the connection stays open
 //     bytes http-parser rejects      400 with `Connection: close`, then the connection is closed
@@ -42,7 +45,8 @@
 // The command line is offload_server's (same parser): --host, --port (0 picks
 // a free port, printed as `listening on HOST:PORT`), --threads, --processes,
 // --max-line (longest URL), --max-pending, --grace (here 5 s by default),
-// --pool-nice (the nice value of the pools' threads and workers).
+// --pool-nice (the nice value of the pools' threads and workers), --max-queue
+// (each pool's max_queue; 0, the default, is unbounded).
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -166,6 +170,12 @@ struct server : offload::server_core {
 
 route_result ping_route(server&, std::string_view) { return answer{200, "pong\n"}; }
 
+route_result metrics_route(server& srv, std::string_view) {
+    const uvexec::executor_stats threads = srv.threads->stats(), processes = srv.processes->stats();
+    return answer{200, uvexec::prometheus_text({{"threads", &threads}, {"processes", &processes}}),
+                  "text/plain; version=0.0.4; charset=utf-8"};
+}
+
 route_result hash_route(server& srv, std::string_view query) {
     auto n = query_n(query, 0, max_hash_rounds);
     if (!n) return bad_request(fmt::format("/hash needs n, an integer from 0 to {}", max_hash_rounds));
@@ -182,6 +192,7 @@ constexpr std::array routes{
     route{"/ping", &ping_route},
     route{"/hash", &hash_route},
     route{"/fib", &fib_route},
+    route{"/metrics", &metrics_route},
 };
 
 /// A request's answer, in request order; `ready` once it can be written.
@@ -273,12 +284,15 @@ void handle_request(connection& c) {
     std::string_view path = field(UF_PATH);
     auto r = std::find_if(routes.begin(), routes.end(), [&](const route& rt) { return rt.path == path; });
     if (r == routes.end()) {
-        push_ready(c, answer{404, "no such route (try /ping, /hash?n=N or /fib?n=N)\n"});
+        push_ready(c, answer{404, "no such route (try /ping, /hash?n=N, /fib?n=N or /metrics)\n"});
         return;
     }
     route_result result;
     try {
         result = r->handle(c.srv, field(UF_QUERY));
+    } catch (const uvexec::queue_full_error&) {  // the pool holds --max-queue calls: come back later
+        push_ready(c, answer{503, "the server is busy; try again\n", "text/plain; charset=utf-8", "Retry-After: 1\r\n"});
+        return;
     } catch (const std::exception& e) {  // submitting failed: broken_executor_error, ...
         push_ready(c, answer{500, fmt::format("{}\n", e.what())});
         return;

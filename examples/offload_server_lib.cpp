@@ -150,7 +150,7 @@ request parse_request(std::string_view line) {
 std::string usage(std::string_view program, const usage_words& w) {
     return fmt::format(
         "usage: {} [--host ADDR] [--port N] [--threads N] [--processes N] [--max-line BYTES] [--max-pending N]\n"
-        "          [--grace SECONDS] [--pool-nice N]\n"
+        "          [--grace SECONDS] [--pool-nice N] [--max-queue N]\n"
         "  --host ADDR        address to listen on (default 127.0.0.1)\n"
         "  --port N           TCP port, 0 picks a free one (default 7000)\n"
         "  --threads N        thread pool size for {} (default 4)\n"
@@ -161,6 +161,7 @@ std::string usage(std::string_view program, const usage_words& w) {
         "                     abandoned and the workers are killed (default {}; 0 waits forever)\n"
         "  --pool-nice N      nice value of the pools' threads and worker processes, so that\n"
         "                     their work yields the CPU to the loop (default 0: none)\n"
+        "  --max-queue N      calls each pool holds before it refuses more (default 0: unbounded)\n"
         "{}\n",
         program, w.threads_for, w.processes_for, w.max_line_of, w.grace_default, w.protocol);
 }
@@ -213,6 +214,8 @@ bool parse_command_line(int argc, char** argv, server_options& out) {
             out.shutdown_grace = std::chrono::seconds(number(name, take(), 0, 86400));
         } else if (name == "--pool-nice") {
             out.pool_nice = static_cast<int>(number(name, take(), 0, 19));
+        } else if (name == "--max-queue") {
+            out.max_queue = static_cast<std::size_t>(number(name, take(), 0, 1 << 24));
         } else {
             throw std::invalid_argument(fmt::format("unknown option \"{}\"", printable(arg, 64)));
         }

@@ -107,12 +107,15 @@ struct server_options {
     // Nice value (0-19) of the pools' threads and worker processes: above 0,
     // CPU-heavy calls yield the CPU to the loop thread when cores are short.
     int pool_nice = 0;
+    // Calls each pool accepts and has not started (max_queue); 0 means
+    // unbounded. Past it a request is refused (http_server: 503).
+    std::size_t max_queue = 0;
     bool handle_signals = true;  // SIGINT/SIGTERM start the shutdown (uv_signal_t)
     bool verbose = true;         // lifecycle messages on stderr
 };
 
 /// Parses `--host H --port P --threads N --processes N --max-line BYTES
-/// --max-pending N --grace SECONDS --pool-nice N` (also `--opt=value`). Throws std::invalid_argument with a
+/// --max-pending N --grace SECONDS --pool-nice N --max-queue N` (also `--opt=value`). Throws std::invalid_argument with a
 /// readable message; returns false if --help was given (usage printed).
 bool parse_command_line(int argc, char** argv, server_options& out);
 /// The usage text.

@@ -84,6 +84,7 @@ bool server_core::start(uv_connection_cb on_connection, uv_signal_cb on_signal, 
             };
             process_options.launcher = {"nice", "-n", std::to_string(opts.pool_nice)};
         }
+        if (opts.max_queue > 0) thread_options.max_queue = process_options.max_queue = opts.max_queue;
         threads.emplace(std::move(thread_options));
         processes.emplace(std::move(process_options));
         lp.emplace(uv);
