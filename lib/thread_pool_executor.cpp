@@ -607,8 +607,9 @@ void thread_pool_core::cancel(pool_item& it) noexcept {
         // The lock also covers a staged item (loop thread only) because `at`
         // of an item that has left the staged queue is written by runners.
         std::lock_guard lock(mutex_);
-        // A running call cannot be stopped: its future is already cancelled
-        // and publish() drops the result when it comes back.
+        // A running call is not interrupted (one that takes a std::stop_token
+        // was asked to stop by thread_item::on_cancel): its future is already
+        // cancelled and publish() drops the result when it comes back.
         if (it.at == pool_item::where::staged) {
             if (it.prev) it.prev->next = it.next; else staged_head_ = it.next;
             if (it.next) it.next->prev = it.prev; else staged_tail_ = it.prev;
@@ -722,6 +723,10 @@ std::size_t thread_pool_core::in_flight() const noexcept {
 }
 
 future<void> thread_pool_core::shutdown(bool cancel_futures) {
+    // At most max_workers calls run: reserved before anything changes, so
+    // nothing below throws halfway.
+    std::vector<pool_item*> running;
+    if (cancel_futures) running.reserve(max_workers_);
     shut_down_ = true;
     close_room(nullptr);
     if (cancel_futures) {
@@ -730,7 +735,6 @@ future<void> thread_pool_core::shutdown(bool cancel_futures) {
         // futures get what they return). Collected under the lock, asked
         // outside it (a stop callback may call back in); they stay alive
         // until this loop thread completes them.
-        std::vector<pool_item*> running;
         {
             std::lock_guard lock(mutex_);
             for (pool_item* it = stoppable_; it; it = it->next) running.push_back(it);

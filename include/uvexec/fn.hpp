@@ -39,6 +39,8 @@ struct signature_traits {
 template <class R, class T, class... A>
     requires std::same_as<std::remove_cvref_t<T>, std::stop_token>
 struct signature_traits<R, T, A...> {
+    static_assert(!std::is_lvalue_reference_v<T> || std::is_const_v<std::remove_reference_t<T>>,
+                  "uvexec: take the std::stop_token by value or by const reference (the executor gives a temporary)");
     using result = R;
     using args = std::tuple<std::decay_t<A>...>;
     static constexpr bool takes_stop_token = true;

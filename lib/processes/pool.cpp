@@ -398,7 +398,7 @@ future<void> process_pool_core::shutdown(bool cancel_futures) {
         for (auto* w : slots_)
             if (w)
                 for (process_call* c = w->head; c; c = c->next)
-                    if (c->stoppable) ask_to_stop(*w, *c);
+                    if (c->stoppable && !c->state->done()) ask_to_stop(*w, *c);  // a cancelled one was asked
     }
     return f;
 }

@@ -123,7 +123,7 @@ struct channel_reader {
     frame_decoder dec;
     std::deque<saved_frame> saved;          // read during a call; served before dec's frames
     std::vector<std::uint64_t> stop_early;  // saved calls cancelled before they started
-    bool ended = false;                     // EOF or an error seen: the main loop meets it again
+    bool ended = false;                     // EOF, an error or corruption seen: the main loop meets it again
 
     /// Reads what is there and sorts its frames (the watcher, during call
     /// `running`): returns true when the parent asked that call to stop or
@@ -162,7 +162,17 @@ public:
     stop_watcher() {
         if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0)
             die(3, fmt::format("cannot create the stop watcher's pipe: {}", std::strerror(errno)));
-        std::thread([this] { run(); }).detach();
+        // The watcher takes no signal: signals sent to the worker reach the
+        // thread that runs the calls, as before it existed.
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        try {
+            std::thread([this] { run(); }).detach();
+        } catch (const std::exception& e) {
+            die(3, fmt::format("cannot start the stop watcher thread: {}", e.what()));
+        }
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
     }
 
     /// Lends rd to the watcher until finish(); src's stop is requested on a cancel for call id.
@@ -236,6 +246,10 @@ stop_watcher& the_stop_watcher() {
 /// Runs a call and writes its answer. The result is encoded straight into
 /// out behind a header patched afterwards: one copy (the encoding), then write().
 void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, channel_reader& rd) {
+    // A cancel that came before it started (and was kept for it) is taken out first, whatever follows.
+    auto early = std::find(rd.stop_early.begin(), rd.stop_early.end(), f.id);
+    const bool stop_requested = early != rd.stop_early.end();
+    if (stop_requested) rd.stop_early.erase(early);
     if (f.payload.size() < 16) {
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::error", "a call frame without a function identity");
         return;
@@ -248,9 +262,6 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
     }
     out.clear();
     out.resize(frame_header_size);  // patched below, once the result's size is known
-    auto early = std::find(rd.stop_early.begin(), rd.stop_early.end(), f.id);
-    const bool stop_requested = early != rd.stop_early.end();
-    if (stop_requested) rd.stop_early.erase(early);
     try {
         call_context ctx(rd, f.id, stop_requested);
         fn(f.payload.substr(16), out, ctx);  // the arguments are decoded from the frame where it lies
@@ -358,15 +369,16 @@ bool channel_reader::sort_frames(std::uint64_t running) {
         if (st == frame_decoder::status::need_more) break;
         if (st == frame_decoder::status::corrupt) {
             ended = true;  // the main loop reports it after the call
-            break;
+            return true;   // and exits: the call may as well stop
         }
         if (f.kind != frame_kind::cancel) {
             saved.push_back({f.kind, f.id, std::string(f.payload)});
         } else if (f.id == running) {
             stop = true;
-        } else if (std::any_of(saved.begin(), saved.end(),
+        } else if (std::find(stop_early.begin(), stop_early.end(), f.id) == stop_early.end() &&
+                   std::any_of(saved.begin(), saved.end(),
                                [&](const saved_frame& s) { return s.kind == frame_kind::call && s.id == f.id; })) {
-            stop_early.push_back(f.id);
+            stop_early.push_back(f.id);  // once: run_call takes it out when that call starts
         }
     }
     return stop;
@@ -378,8 +390,15 @@ call_context::~call_context() {
 
 std::stop_token call_context::watch() {
     std::stop_source src;
-    // Its cancel may already be among the bytes read with its call.
-    if (stop_requested_ || rd_.sort_frames(id_) || rd_.ended) src.request_stop();
+    bool stop = stop_requested_;
+    try {
+        stop = rd_.sort_frames(id_) || stop;  // its cancel may be among the bytes read with its call
+    } catch (const std::bad_alloc&) {
+        // A frame was taken from the decoder and could not be kept: the
+        // stream is lost to this worker.
+        die(3, "out of memory while keeping the frames read with a call");
+    }
+    if (stop || rd_.ended) src.request_stop();
     if (!watching_ && !rd_.ended) {
         the_stop_watcher().start(rd_, id_, src);
         watching_ = true;
