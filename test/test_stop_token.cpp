@@ -38,25 +38,29 @@ int pid() { return static_cast<int>(::getpid()); }
 int stoppable(std::stop_token st, std::string g, std::string stopped) {
     int wake[2];
     if (::pipe(wake) != 0) return -3;
-    std::stop_callback on_stop(st, [&] { (void)!::write(wake[1], "x", 1); });
-    int started = ::open((g + ".started").c_str(), O_WRONLY | O_NONBLOCK);
-    (void)!::write(started, "s", 1);
-    ::close(started);
-    int fifo = ::open(g.c_str(), O_RDONLY | O_NONBLOCK);
-    pollfd fds[2] = {{fifo, POLLIN, 0}, {wake[0], POLLIN, 0}};
-    int r;
-    while ((r = ::poll(fds, 2, 60000)) < 0 && errno == EINTR) {
-    }
     int result = -2;
-    if (st.stop_requested()) {
-        int s = ::open((stopped + ".started").c_str(), O_WRONLY | O_NONBLOCK);
-        (void)!::write(s, "x", 1);
-        ::close(s);
-        result = -1;
-    } else if (r > 0 && (fds[0].revents & POLLIN) != 0) {
-        char c = 0;
-        (void)!::read(fifo, &c, 1);
-        result = pid();
+    int fifo = ::open(g.c_str(), O_RDONLY | O_NONBLOCK);
+    {
+        // Destroyed before wake is closed: its destructor waits for a
+        // callback running on another thread.
+        std::stop_callback on_stop(st, [&] { (void)!::write(wake[1], "x", 1); });
+        int started = ::open((g + ".started").c_str(), O_WRONLY | O_NONBLOCK);
+        (void)!::write(started, "s", 1);
+        ::close(started);
+        pollfd fds[2] = {{fifo, POLLIN, 0}, {wake[0], POLLIN, 0}};
+        int r;
+        while ((r = ::poll(fds, 2, 60000)) < 0 && errno == EINTR) {
+        }
+        if (st.stop_requested()) {
+            int s = ::open((stopped + ".started").c_str(), O_WRONLY | O_NONBLOCK);
+            (void)!::write(s, "x", 1);
+            ::close(s);
+            result = -1;
+        } else if (r > 0 && (fds[0].revents & POLLIN) != 0) {
+            char c = 0;
+            (void)!::read(fifo, &c, 1);
+            result = pid();
+        }
     }
     ::close(fifo);
     ::close(wake[0]);
