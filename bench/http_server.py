@@ -14,8 +14,12 @@ bounded by -d and by a timeout):
 alternating the unloaded and loaded runs, --reps times, and prints the
 medians and the ratio p99 saturated / p99 unloaded (goal: at most 2).
 
+With --pin (two CPUs or more), the pools' threads and workers run on the last
+CPU (--pool-cpus) and the loop thread and every wrk on the others
+(--loop-cpus, taskset), so that pool work never takes the loop's CPU.
+
 usage: http_server.py --server build/examples/http_server [--duration 5] [--reps 3]
-                      [--threads 1] [--processes 1] [--pool-nice 0] [--connections 4]
+                      [--threads 1] [--processes 1] [--pool-nice 0] [--pin] [--connections 4]
 """
 import argparse
 import os
@@ -33,11 +37,28 @@ import server_process  # noqa: E402
 TIMEOUT = 60.0  # seconds: the bound on every wait beyond a run's own duration
 
 
-def start_server(exe, threads, processes, pool_nice):
+CLIENT_PREFIX = []  # ["taskset", "-c", LOOP_CPUS] with --pin
+
+
+def cpu_split():
+    """(loop CPUs, pool CPUs) as taskset lists: the last usable CPU for the pools, the others for the loop."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("http_server benchmark skipped: --pin needs two CPUs or more")
+        sys.exit(77)  # meson's "skipped"
+    return ",".join(map(str, cpus[:-1])), str(cpus[-1])
+
+
+def start_server(exe, threads, processes, pool_nice, pin):
+    extra = []
+    if pin:
+        loop_cpus, pool_cpus = cpu_split()
+        extra = ["--loop-cpus", loop_cpus, "--pool-cpus", pool_cpus]
+        CLIENT_PREFIX[:] = ["taskset", "-c", loop_cpus]
     try:
         return server_process.start_server(
-            exe, ["--threads", str(threads), "--processes", str(processes), "--pool-nice", str(pool_nice)], TIMEOUT,
-            stderr=subprocess.DEVNULL)
+            exe, ["--threads", str(threads), "--processes", str(processes), "--pool-nice", str(pool_nice)] + extra,
+            TIMEOUT, stderr=subprocess.DEVNULL)
     except RuntimeError as e:
         sys.exit(str(e))
 
@@ -59,7 +80,7 @@ def parse_wrk(out):
 
 
 def wrk_command(url, connections, duration, latency=False):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+    cmd = CLIENT_PREFIX + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
     if latency:
         cmd.append("--latency")
     return cmd + [url]
@@ -105,6 +126,8 @@ def main():
     ap.add_argument("--processes", type=int, default=1, help="the server's --processes (default 1)")
     ap.add_argument("--pool-nice", type=int, default=0,
                     help="the server's --pool-nice: nice value of pool threads and workers (default 0)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pools on the last CPU, the loop and the wrk clients on the others (needs 2 CPUs)")
     ap.add_argument("--connections", type=int, default=4, help="wrk connections for /ping throughput (default 4)")
     ap.add_argument("--fib-n", type=int, default=30, help="n of the /fib load (default 30)")
     ap.add_argument("--hash-n", type=int, default=2000000, help="n of the /hash load (default 2000000)")
@@ -113,7 +136,7 @@ def main():
         print("http_server benchmark skipped: wrk not found (Debian: apt-get install wrk)")
         return 77  # meson's "skipped"
 
-    proc, port = start_server(args.server, args.threads, args.processes, args.pool_nice)
+    proc, port = start_server(args.server, args.threads, args.processes, args.pool_nice, args.pin)
     base = f"http://127.0.0.1:{port}"
     try:
         run_wrk(f"{base}/ping", args.connections, 1)  # warm-up
@@ -139,7 +162,7 @@ def main():
     ratio = med(busy, "p99") / med(idle, "p99")
     print()
     print(f"http_server on 127.0.0.1: --threads {args.threads} --processes {args.processes} "
-          f"--pool-nice {args.pool_nice}, wrk -t1 -d{args.duration}s, "
+          f"--pool-nice {args.pool_nice}{' --pin (pools on CPU ' + cpu_split()[1] + ')' if args.pin else ''}, wrk -t1 -d{args.duration}s, "
           f"medians of {args.reps}; load: /fib?n={args.fib_n} on {2 * args.processes} and "
           f"/hash?n={args.hash_n} on {2 * args.threads} connection(s)")
     print()

@@ -45,7 +45,8 @@
 // The command line is offload_server's (same parser): --host, --port (0 picks
 // a free port, printed as `listening on HOST:PORT`), --threads, --processes,
 // --max-line (longest URL), --max-pending, --grace (here 5 s by default),
-// --pool-nice (the nice value of the pools' threads and workers), --max-queue
+// --pool-nice (the nice value of the pools' threads and workers), --pool-cpus
+// and --loop-cpus (CPU lists for the pools and for the loop thread), --max-queue
 // (each pool's max_queue; 0, the default, is unbounded).
 #include <algorithm>
 #include <array>

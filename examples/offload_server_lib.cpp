@@ -105,6 +105,28 @@ std::optional<std::int64_t> parse_int(std::string_view s) noexcept {
 
 }  // namespace
 
+cpu_set_t parse_cpu_list(std::string_view option, std::string_view list) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    auto bad = [&] {
+        return std::invalid_argument(fmt::format("{}: expected a CPU list such as \"1\" or \"0-2,5\" (CPUs below {}), got \"{}\"",
+                                                 option, CPU_SETSIZE, printable(list, 64)));
+    };
+    if (list.empty()) throw bad();
+    for (std::string_view rest = list; !rest.empty();) {
+        auto comma = rest.find(',');
+        auto item = rest.substr(0, comma);
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+        if (comma != std::string_view::npos && rest.empty()) throw bad();  // a trailing comma
+        auto dash = item.find('-');
+        auto first = parse_int(item.substr(0, dash));
+        auto last = dash == std::string_view::npos ? first : parse_int(item.substr(dash + 1));
+        if (!first || !last || *first < 0 || *last < *first || *last >= CPU_SETSIZE) throw bad();
+        for (auto cpu = *first; cpu <= *last; ++cpu) CPU_SET(static_cast<int>(cpu), &set);
+    }
+    return set;
+}
+
 request parse_request(std::string_view line) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     std::vector<std::string_view> words;
@@ -150,7 +172,7 @@ request parse_request(std::string_view line) {
 std::string usage(std::string_view program, const usage_words& w) {
     return fmt::format(
         "usage: {} [--host ADDR] [--port N] [--threads N] [--processes N] [--max-line BYTES] [--max-pending N]\n"
-        "          [--grace SECONDS] [--pool-nice N] [--max-queue N]\n"
+        "          [--grace SECONDS] [--pool-nice N] [--pool-cpus LIST] [--loop-cpus LIST] [--max-queue N]\n"
         "  --host ADDR        address to listen on (default 127.0.0.1)\n"
         "  --port N           TCP port, 0 picks a free one (default 7000)\n"
         "  --threads N        thread pool size for {} (default 4)\n"
@@ -161,6 +183,9 @@ std::string usage(std::string_view program, const usage_words& w) {
         "                     abandoned and the workers are killed (default {}; 0 waits forever)\n"
         "  --pool-nice N      nice value of the pools' threads and worker processes, so that\n"
         "                     their work yields the CPU to the loop (default 0: none)\n"
+        "  --pool-cpus LIST   CPUs of the pools' threads and worker processes, as taskset(1)\n"
+        "                     writes them (\"1\", \"2-3,6\"); default: no pinning\n"
+        "  --loop-cpus LIST   CPUs of the loop thread (default: no pinning)\n"
         "  --max-queue N      calls each pool holds before it refuses more (default 0: unbounded)\n"
         "{}\n",
         program, w.threads_for, w.processes_for, w.max_line_of, w.grace_default, w.protocol);
@@ -214,6 +239,10 @@ bool parse_command_line(int argc, char** argv, server_options& out) {
             out.shutdown_grace = std::chrono::seconds(number(name, take(), 0, 86400));
         } else if (name == "--pool-nice") {
             out.pool_nice = static_cast<int>(number(name, take(), 0, 19));
+        } else if (name == "--pool-cpus" || name == "--loop-cpus") {
+            auto list = take();
+            parse_cpu_list(name, list);  // throws on a bad list
+            (name == "--pool-cpus" ? out.pool_cpus : out.loop_cpus) = std::string(list);
         } else if (name == "--max-queue") {
             out.max_queue = static_cast<std::size_t>(number(name, take(), 0, 1 << 24));
         } else {

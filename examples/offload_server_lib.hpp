@@ -62,6 +62,7 @@
 #include <string>
 #include <string_view>
 
+#include <sched.h>
 #include <uv.h>
 
 namespace offload {
@@ -107,6 +108,12 @@ struct server_options {
     // Nice value (0-19) of the pools' threads and worker processes: above 0,
     // CPU-heavy calls yield the CPU to the loop thread when cores are short.
     int pool_nice = 0;
+    // CPUs (a taskset(1) list such as "1" or "2-3,6"; empty: no pinning) for
+    // the pools' threads and worker processes, and for the loop thread. On a
+    // machine the pools can saturate, giving the loop CPUs of its own is what
+    // keeps its latency (docs/performance.md, "The HTTP server").
+    std::string pool_cpus{};
+    std::string loop_cpus{};
     // Calls each pool accepts and has not started (max_queue); 0 means
     // unbounded. Past it a request is refused (http_server: 503).
     std::size_t max_queue = 0;
@@ -114,8 +121,13 @@ struct server_options {
     bool verbose = true;         // lifecycle messages on stderr
 };
 
+/// Parses a CPU list as taskset(1) writes it ("1", "0-2,5") into a cpu_set_t;
+/// throws std::invalid_argument naming `option` if it is empty, malformed or
+/// names a CPU at or above CPU_SETSIZE.
+cpu_set_t parse_cpu_list(std::string_view option, std::string_view list);
+
 /// Parses `--host H --port P --threads N --processes N --max-line BYTES
-/// --max-pending N --grace SECONDS --pool-nice N --max-queue N` (also `--opt=value`). Throws std::invalid_argument with a
+/// --max-pending N --grace SECONDS --pool-nice N --pool-cpus LIST --loop-cpus LIST --max-queue N` (also `--opt=value`). Throws std::invalid_argument with a
 /// readable message; returns false if --help was given (usage printed).
 bool parse_command_line(int argc, char** argv, server_options& out);
 /// The usage text.

@@ -2,9 +2,13 @@
 #include "server_core.hpp"
 
 #include <csignal>
+#include <cerrno>
 #include <exception>
+#include <optional>
+#include <system_error>
 
 #include <arpa/inet.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -75,14 +79,28 @@ bool server_core::start(uv_connection_cb on_connection, uv_signal_cb on_signal, 
         // a few bytes, so frames are capped small.
         uvexec::process_pool_options process_options{
             .max_workers = opts.processes, .max_frame_size = 64 * 1024, .max_in_flight_per_worker = 1};
-        if (opts.pool_nice > 0) {
-            // Linux keeps a nice value per thread: each pool thread lowers its
-            // own (libuv's threads, so its file-system work too); workers are
-            // started through nice(1), which execs them with fd 3 intact.
-            thread_options.initializer = [n = opts.pool_nice] {
-                setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), n);
+        // Linux keeps a nice value and a CPU affinity per thread: each pool
+        // thread sets its own (libuv's threads, so its file-system work too);
+        // workers are started through nice(1) and taskset(1), which exec them
+        // with fd 3 intact. The loop thread is pinned here, before libuv's
+        // threads exist (they inherit it, then the initializer moves them).
+        if (!opts.loop_cpus.empty()) {
+            auto set = parse_cpu_list("--loop-cpus", opts.loop_cpus);
+            if (sched_setaffinity(0, sizeof set, &set) != 0)
+                throw std::system_error(errno, std::generic_category(), "--loop-cpus " + opts.loop_cpus);
+        }
+        std::optional<cpu_set_t> pool_set;
+        if (!opts.pool_cpus.empty()) pool_set = parse_cpu_list("--pool-cpus", opts.pool_cpus);
+        if (opts.pool_nice > 0 || pool_set) {
+            thread_options.initializer = [n = opts.pool_nice, pool_set] {
+                if (n > 0) setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), n);
+                if (pool_set && sched_setaffinity(0, sizeof *pool_set, &*pool_set) != 0)
+                    throw std::system_error(errno, std::generic_category(), "--pool-cpus");
             };
-            process_options.launcher = {"nice", "-n", std::to_string(opts.pool_nice)};
+            if (opts.pool_nice > 0) process_options.launcher = {"nice", "-n", std::to_string(opts.pool_nice)};
+            if (pool_set) {
+                process_options.launcher.insert(process_options.launcher.end(), {"taskset", "-c", opts.pool_cpus});
+            }
         }
         if (opts.max_queue > 0) thread_options.max_queue = process_options.max_queue = opts.max_queue;
         threads.emplace(std::move(thread_options));

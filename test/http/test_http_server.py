@@ -287,6 +287,44 @@ def test_pool_nice(exe):
     check(rc == 0, "exit status 0")
 
 
+def cpus_allowed(status_path):
+    """Cpus_allowed_list of a /proc status file, as a set of CPU numbers."""
+    with open(status_path) as f:
+        text = re.search(r"^Cpus_allowed_list:\s*(\S+)$", f.read(), re.M).group(1)
+    cpus = set()
+    for item in text.split(","):
+        first, _, last = item.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def test_pool_cpus(exe):
+    """--pool-cpus and --loop-cpus: the worker processes and the pool's threads
+    run on the pool's CPUs, the loop thread on its own."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("test_pool_cpus skipped: needs two CPUs")
+        return
+    loop_cpu, pool_cpu = cpus[0], cpus[-1]
+    proc, port = start_server(exe, "--threads", "1", "--processes", "1", "--pool-cpus", str(pool_cpu),
+                              "--loop-cpus", str(loop_cpu))
+    try:
+        c = Client(port)
+        check(c.request("/fib?n=10")[2] == "55\n" and c.request("/hash?n=10")[0] == 200, "answers with --pool-cpus")
+        workers = descendants(proc.pid)
+        check(workers and all(cpus_allowed(f"/proc/{w}/status") == {pool_cpu} for w in workers),
+              f"worker processes on CPU {pool_cpu}")
+        threads = {int(t): cpus_allowed(f"/proc/{proc.pid}/task/{t}/status")
+                   for t in os.listdir(f"/proc/{proc.pid}/task")}
+        check(threads[proc.pid] == {loop_cpu} and {pool_cpu} in threads.values(),
+              f"the loop thread on CPU {loop_cpu}, a pool thread on CPU {pool_cpu}: {threads}")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(TIMEOUT)
+    check(rc == 0, "exit status 0")
+
+
 def metric(text, name, pool):
     """The value of sample `name{pool="pool"}` in Prometheus text, or None."""
     m = re.search(rf'^{name}\{{pool="{pool}"\}} (\S+)$', text, re.M)
@@ -339,6 +377,7 @@ def main():
     test_sigterm_during_work(exe)
     test_grace_over(exe)
     test_pool_nice(exe)
+    test_pool_cpus(exe)
     test_metrics_and_busy(exe)
     print("all passed")
 

@@ -497,6 +497,25 @@ TEST_CASE("parse_command_line reads the documented options") {
     CHECK_THROWS_AS(parse({"--threads", "0"}, o), std::invalid_argument);
     CHECK_THROWS_AS(parse({"--processes"}, o), std::invalid_argument);
     CHECK_THROWS_AS(parse({"--bogus"}, o), std::invalid_argument);
+
+    REQUIRE(parse({"--pool-cpus", "1", "--loop-cpus=0,2-3"}, o));
+    CHECK(o.pool_cpus == "1");
+    CHECK(o.loop_cpus == "0,2-3");
+    for (const char* bad : {"", "x", "1,", ",1", "3-1", "-1", "1-", "99999"})
+        CHECK_THROWS_AS(parse({"--pool-cpus", bad}, o), std::invalid_argument);
+}
+
+TEST_CASE("parse_cpu_list reads taskset(1) lists") {
+    auto set = offload::parse_cpu_list("--pool-cpus", "0,2-4,7");
+    CHECK(CPU_COUNT(&set) == 5);
+    for (int cpu : {0, 2, 3, 4, 7}) CHECK(CPU_ISSET(cpu, &set));
+    for (int cpu : {1, 5, 6, 8}) CHECK_FALSE(CPU_ISSET(cpu, &set));
+    try {
+        offload::parse_cpu_list("--loop-cpus", "0-");
+        FAIL("no exception");
+    } catch (const std::invalid_argument& e) {
+        CHECK(std::string_view(e.what()).starts_with("--loop-cpus: expected a CPU list"));
+    }
 }
 
 // --- the server, in this process ------------------------------------------------------
