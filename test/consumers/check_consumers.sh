@@ -4,6 +4,8 @@
 #   a) installed, found with pkg-config, built with a plain compiler command line
 #   b) installed, found with CMake's find_package(uvexec CONFIG)
 #   c) uvexec as a meson subproject, found with dependency('uvexec')
+#   d) a static libuvexec.a (a build of its own, library only), installed and
+#      found both with pkg-config --static and with CMake's find_package
 # a) and b) use this build directory installed under a temporary DESTDIR: the
 # .pc and the CMake config find everything relative to where they are.
 # Fails if any route fails, and says which.
@@ -113,6 +115,38 @@ route_c() {  # a meson project with uvexec in subprojects/
   run_consumer c "$work/meson-build/consumer"
 }
 
+route_d() {  # a static library: pkg-config --static and CMake find_package
+  local sroot=$work/static-destdir$prefix slib
+  case $libdir in
+    /*) slib=$work/static-destdir$libdir ;;
+    *) slib=$sroot/$libdir ;;
+  esac
+  step d "meson setup (default_library=static)" meson setup "$work/static-build" "$source_dir" \
+    -Ddefault_library=static -Dtests=disabled -Dexamples=disabled -Dbenchmarks=disabled \
+    -Dpkgconfig.relocatable=true --buildtype=plain --prefix "$prefix" --libdir "$libdir" || return 1
+  step d "meson compile" meson compile -C "$work/static-build" || return 1
+  step d "meson install" meson install -C "$work/static-build" --destdir "$work/static-destdir" || return 1
+  if [[ ! -f $slib/libuvexec.a ]] || compgen -G "$slib/libuvexec.so*" >/dev/null; then
+    echo "route d: expected libuvexec.a alone in $slib:"
+    ls "$slib" | indent
+    return 1
+  fi
+  step d "the build (pkg-config --static)" env PKG_CONFIG_PATH="$slib/pkgconfig" sh -c \
+    "$CXX -std=c++20 ${warnings[*]} '$here/consumer.cpp' -o '$work/consumer-d' \$(pkg-config --static --cflags --libs uvexec)" \
+    || return 1
+  if readelf -d "$work/consumer-d" | grep -q 'NEEDED.*libuvexec'; then
+    echo "route d: consumer-d links libuvexec dynamically"
+    return 1
+  fi
+  run_consumer d "$work/consumer-d" || return 1
+  mkdir -p "$work/cmake-static"
+  cp "$here/cmake"/* "$here/consumer.cpp" "$work/cmake-static/"
+  step d "cmake configure (static)" cmake -S "$work/cmake-static" -B "$work/cmake-static-build" \
+    -DCMAKE_PREFIX_PATH="$sroot" -DCMAKE_CXX_FLAGS="${warnings[*]}" || return 1
+  step d "cmake build (static)" cmake --build "$work/cmake-static-build" || return 1
+  run_consumer d "$work/cmake-static-build/consumer"
+}
+
 # Each route runs in a subshell: what one exports does not reach the next.
 failed=()
 if step install "meson install" meson install -C "$build_dir" --no-rebuild --destdir "$work/destdir"; then
@@ -122,9 +156,10 @@ else
   failed+=("a (pkg-config)" "b (CMake find_package)")
 fi
 (route_c) || failed+=("c (meson subproject)")
+(route_d) || failed+=("d (static library)")
 
 if ((${#failed[@]})); then
   printf 'consumers: FAILED route %s\n' "${failed[@]}"
   exit 1
 fi
-echo "consumers: routes a (pkg-config), b (CMake find_package), c (meson subproject) built and ran"
+echo "consumers: routes a (pkg-config), b (CMake find_package), c (meson subproject), d (static library) built and ran"
