@@ -31,8 +31,8 @@
 //    so running_count_ <= max_workers_; a retired runner's request may still
 //    be inside libuv (runners_out_ and out_ count those too, on the loop thread);
 //  - the done stack (done_) is lock-free: a runner pushes a finished call
-//    with a release CAS after its last write to it (result, worker_exception,
-//    initializer_failed) and never touches it again; the loop thread takes
+//    with a release CAS after its last write to it (result or exception, both
+//    stored in the call's future state, times, initializer_failed) and never touches it again; the loop thread takes
 //    the whole stack with an acquire exchange. A finished call stays
 //    `running` until the loop thread completes it, so cancel() leaves it be;
 //  - an item is staged (loop thread only), pending, running (or finished, on
@@ -53,12 +53,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include <dirent.h>
 
@@ -74,6 +76,20 @@
 namespace uvexec::inline v0 {
 namespace detail {
 namespace {
+
+// --- a call's times ----------------------------------------------------------
+// pool_item::times: the wait and the run of a finished call, in nanoseconds,
+// as two floats in one word (see pool_item).
+
+std::uint64_t pack_times(std::uint64_t waited, std::uint64_t ran) noexcept {
+    return std::uint64_t{std::bit_cast<std::uint32_t>(static_cast<float>(waited))} << 32 |
+           std::bit_cast<std::uint32_t>(static_cast<float>(ran));
+}
+
+std::pair<std::uint64_t, std::uint64_t> unpack_times(std::uint64_t times) noexcept {
+    return {static_cast<std::uint64_t>(std::bit_cast<float>(static_cast<std::uint32_t>(times >> 32))),
+            static_cast<std::uint64_t>(std::bit_cast<float>(static_cast<std::uint32_t>(times)))};
+}
 
 // --- libuv's pool size -------------------------------------------------------
 // libuv reads UV_THREADPOOL_SIZE once, when its pool starts (the first
@@ -305,7 +321,7 @@ void thread_pool_core::accept(loop_core& lp) {
 void thread_pool_core::submit(pool_item& it) noexcept {
     it.pool = this;
     it.next = nullptr;
-    if (time_calls_) it.wait_ns = uv_hrtime();
+    if (time_calls_) it.times = uv_hrtime();
     stats_->submitted();
     if (max_queue_ != 0) waiting_.fetch_add(1);
     if (outstanding_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(async_));
@@ -467,20 +483,20 @@ void thread_pool_core::work_cb(uv_work_t* req) noexcept {
     // One clock read per call: a call starts when the one before it ended.
     std::uint64_t start = pool.time_calls_ && it != nullptr ? uv_hrtime() : 0;
     while (it != nullptr) {
-        it->wait_ns = start - std::min(start, it->wait_ns);
+        const std::uint64_t waited = start - std::min(start, it->times);
         if (!initialized) {
             try {
                 pool.initializer_();
                 initialized = newly_initialized = true;
             } catch (...) {
                 it->initializer_failed = true;
-                it->worker_exception = std::current_exception();
+                it->shared_state()->stash_exception(std::current_exception());
             }
         }
         if (!it->initializer_failed) it->ops->run(it);
         if (pool.time_calls_) {
             const std::uint64_t end = uv_hrtime();
-            it->run_ns = end - start;
+            it->times = pack_times(waited, end - start);
             start = end;
         }
         pool_item* next;
@@ -540,7 +556,7 @@ void thread_pool_core::on_done(uv_async_t* h) noexcept {
 }
 
 // Any thread (a runner): pushes a finished call; true if the stack was empty.
-// Release: the call's result and worker_exception are visible to the loop
+// Release: the call's result or exception (in its state) and times are visible to the loop
 // thread that takes the stack (acquire).
 bool thread_pool_core::push_done(pool_item* it) noexcept {
     pool_item* head = done_.load(std::memory_order_relaxed);
@@ -573,24 +589,27 @@ void thread_pool_core::drain_done() noexcept {
 
 void thread_pool_core::finish(pool_item& it) noexcept {
     it.at = pool_item::where::nowhere;  // no runner touches it any more
+    future_state_base* st = it.shared_state();
     if (it.initializer_failed && !broken_) {
         broken_ = true;
         auto why = error_ptr([&] {
             return broken_executor_error(fmt::format("uvexec: thread_pool_executor '{}' is broken: its initializer failed: {}",
-                                                     prefix_, describe(it.worker_exception)));
+                                                     prefix_, describe(st->stashed_exception())));
         });
         close_room(why);
         fail_queued(false, why);
     }
-    future_state_base* st = it.shared_state();
     if (it.initializer_failed) {
         if (!st->done())
             st->set_exception(error_ptr([&] {
                 return broken_executor_error(fmt::format("uvexec: thread_pool_executor '{}' initializer failed: {}",
-                                                         prefix_, describe(it.worker_exception)));
+                                                         prefix_, describe(st->stashed_exception())));
             }));
     } else {
-        if (time_calls_) stats_->ran(it.wait_ns, it.run_ns);
+        if (time_calls_) {
+            auto [waited, ran] = unpack_times(it.times);
+            stats_->ran(waited, ran);
+        }
         it.ops->publish(&it);  // drops the result if the future was cancelled while running
     }
     stats_->ended(st->state());

@@ -115,6 +115,20 @@ public:
     /// Runs the waiters of a resolved future.
     void notify_waiters() noexcept { notify(); }
 
+    /// Stores an exception without completing, as future_state::emplace()
+    /// stores a value: executors store from a worker thread (nothing else
+    /// touches it while the call runs) and publish on the loop thread.
+    void stash_exception(std::exception_ptr e) noexcept { exception_ = std::move(e); }
+    /// The stashed exception, or null.
+    const std::exception_ptr& stashed_exception() const noexcept { return exception_; }
+    /// Completes with the stashed exception, unless the future was cancelled
+    /// meanwhile (then it is simply destroyed with the state).
+    void publish_exception() noexcept {
+        if (done()) return;
+        status_ = status::exception;
+        notify();
+    }
+
     /// Throws the stored exception, cancelled_error, or invalid_state_error.
     void rethrow_if_not_value() const {
         switch (status_) {
