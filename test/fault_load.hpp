@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -133,8 +134,10 @@ struct report {
 };
 
 /// Runs at least `tasks` calls (in batches of 1000) and until `kills` workers
-/// have been killed from another thread, then checks every outcome.
-inline report run(int tasks, int kills, int spin_us, std::uint32_t seed) {
+/// have been killed from another thread, then checks every outcome. tweak
+/// may set more options of the pool (worker lifetime, say).
+inline report run(int tasks, int kills, int spin_us, std::uint32_t seed,
+                  const std::function<void(uvexec::process_pool_options&)>& tweak = {}) {
     using namespace std::chrono_literals;
     warm_up();
     const std::size_t fds_before = open_fds();
@@ -142,7 +145,9 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed) {
     report rep;
     {
         uvexec::loop lp;
-        uvexec::process_pool_executor ex{{.max_workers = 4, .initializer = uvexec::fn<&default_signals>}};
+        uvexec::process_pool_options opts{.max_workers = 4, .initializer = uvexec::fn<&default_signals>};
+        if (tweak) tweak(opts);
+        uvexec::process_pool_executor ex{std::move(opts)};
         std::atomic<bool> stop{false};
         std::atomic<int> kills_done{0};
         std::thread killer([&] {

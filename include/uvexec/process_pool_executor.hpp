@@ -66,6 +66,21 @@ struct remote_function {
     std::string_view name;
 };
 
+/// Limits the kernel sets on each worker process (setrlimit, in the worker
+/// before its first call). Python: none (resource.setrlimit in an initializer).
+struct worker_limits {
+    /// RLIMIT_AS, in bytes: the worker's whole address space, its code and
+    /// libraries included. An allocation past it fails: a call gets
+    /// std::bad_alloc, which reaches the caller as remote_error. Unset: none.
+    std::optional<std::size_t> address_space{};
+    /// CPU time one call may use: before each call the worker sets its
+    /// RLIMIT_CPU soft limit this far beyond what it has used, so a call gets
+    /// this much CPU time to one second more. Past it the kernel sends
+    /// SIGXCPU, the worker dies, and the call fails with worker_died_error
+    /// naming SIGXCPU. Unset: none.
+    std::optional<std::chrono::seconds> cpu_time{};
+};
+
 /// Options of a process_pool_executor.
 struct process_pool_options {
     /// Worker processes at most; unset means the number of CPUs. Below 1 throws
@@ -125,6 +140,22 @@ struct process_pool_options {
     /// Unset means unbounded; 0 throws std::invalid_argument. Python: none
     /// (piscina's maxQueue).
     std::optional<std::size_t> max_queue{};
+    /// Workers kept started at all times from ex.start(lp) or the first
+    /// submission on: one that exits (retired, crashed) is replaced at once.
+    /// Unset means 0: workers start as calls need them (Python's way). Above
+    /// max_workers or negative throws std::invalid_argument.
+    std::optional<int> min_workers{};
+    /// A worker above min_workers that has had no call for this long is
+    /// retired (it exits). Unset: idle workers stay (Python's way). Zero or
+    /// negative throws.
+    std::optional<std::chrono::milliseconds> idle_timeout{};
+    /// After each call, a worker whose resident memory (VmRSS, measured by the
+    /// worker itself) is above this many bytes is retired once the calls
+    /// already sent to it are answered, and replaced as calls need. Unset:
+    /// never. Zero throws.
+    std::optional<std::size_t> max_worker_memory{};
+    /// setrlimit limits of each worker; see worker_limits.
+    worker_limits limits{};
 };
 
 namespace detail {
@@ -271,6 +302,13 @@ public:
     future<void> terminate_workers();
     /// Python 3.14: executor.kill_workers(). As terminate_workers(), with SIGKILL.
     future<void> kill_workers();
+
+    /// Binds the executor to lp (as a first submission does) and starts
+    /// min_workers workers now, so that the first calls do not wait for a
+    /// start. Throws what submit throws before a call is made, and the spawn
+    /// error if no worker can be started. Python: none (workers start on
+    /// demand).
+    void start(loop& lp);
 
     /// Python: executor._max_workers.
     std::size_t max_workers() const noexcept;

@@ -95,6 +95,8 @@ struct executor_stats {
     std::uint64_t starts = 0;    ///< worker processes started
     worker_deaths deaths{};      ///< worker processes that ended, by cause
     std::uint64_t recycles = 0;  ///< workers retired after max_tasks_per_child calls
+    std::uint64_t memory_recycles = 0;  ///< workers retired above max_worker_memory
+    std::uint64_t idle_exits = 0;       ///< workers retired after idle_timeout without a call
 
     /// Accepted → started, for each call that started.
     latency_histogram wait_time;

@@ -17,6 +17,7 @@
 #include "../error_ptr.hpp"
 #include "spawn.hpp"
 #include "uvexec/detail/worker.hpp"
+#include "worker_limits.hpp"
 #include "worker_process.hpp"
 
 extern char** environ;
@@ -99,26 +100,52 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
     if (opts_.max_queue && *opts_.max_queue == 0)
         throw std::invalid_argument("uvexec::process_pool_executor: max_queue must be at least 1 (unset: unbounded)");
     max_queue_ = opts_.max_queue.value_or(0);
+    if (opts_.min_workers) {
+        if (*opts_.min_workers < 0 || static_cast<std::size_t>(*opts_.min_workers) > max_workers_)
+            throw std::invalid_argument(fmt::format(
+                "uvexec::process_pool_executor: min_workers must be between 0 and max_workers ({}), got {}",
+                max_workers_, *opts_.min_workers));
+        min_workers_ = static_cast<std::size_t>(*opts_.min_workers);
+    }
+    if (opts_.idle_timeout && opts_.idle_timeout->count() <= 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: idle_timeout must be positive (unset: never)");
+    if (opts_.max_worker_memory && *opts_.max_worker_memory == 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: max_worker_memory must be positive (unset: none)");
+    if (opts_.limits.address_space && *opts_.limits.address_space == 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: limits.address_space must be positive (unset: none)");
+    if (opts_.limits.cpu_time && opts_.limits.cpu_time->count() <= 0)
+        throw std::invalid_argument("uvexec::process_pool_executor: limits.cpu_time must be positive (unset: none)");
+    if (auto spec = limits_of(opts_); spec.any()) limits_word_ = limits_word(spec);
 }
 
 process_pool_core::~process_pool_core() = default;
 
 void process_pool_core::accept(loop_core& lp) {
-    if (broken_) throw broken_executor_error("uvexec: the process_pool_executor is broken: " + broken_why_);
-    if (shut_down_) throw executor_shutdown_error("uvexec: cannot submit to a process_pool_executor after shutdown()");
-    if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
+    bind(lp);
     if (max_queue_ != 0 && queued_count_ >= max_queue_) {
         recorder_.rejected();
         throw queue_full_error(fmt::format(
             "uvexec: process_pool_executor '{}' has max_queue ({}) calls waiting; co_await room() or try later",
             prefix_, max_queue_));
     }
+}
+
+void process_pool_core::bind(loop_core& lp) {
+    if (broken_) throw broken_executor_error("uvexec: the process_pool_executor is broken: " + broken_why_);
+    if (shut_down_) throw executor_shutdown_error("uvexec: cannot submit to a process_pool_executor after shutdown()");
+    if (lp.closing()) throw loop_closed_error("uvexec: the loop is closed");
     if (loop_ == nullptr) {
         loop_ = &lp;
         lp.attach(*this);
     } else if (loop_ != &lp) {
         throw invalid_state_error("uvexec: this process_pool_executor is bound to another loop; use one executor per loop");
     }
+}
+
+void process_pool_core::start(loop_core& lp) {
+    bind(lp);
+    entry_guard guard(*this);
+    if (!keep_min_workers() && live_workers_ == 0 && spawn_error_) std::rethrow_exception(spawn_error_);
 }
 
 void process_pool_core::check_identity(const function_identity& id, std::string_view name) const {
@@ -237,6 +264,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         args.push_back(w->name);
         args.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
         args.push_back(opts_.stdio_channel ? "stdio" : std::to_string(channel_fd));
+        if (!limits_word_.empty()) args.push_back(limits_word_);
         if (opts_.initializer) {
             std::string key;
             put_u64(key, opts_.initializer->id.key);
@@ -319,19 +347,51 @@ void process_pool_core::pump() noexcept {
         if (choice.to == nullptr) break;  // every worker is busy: the first to answer takes the next
         send_head(*choice.to, now);
     }
+    if (!spawn_failed) keep_min_workers();
     for (auto* w : slots_)
         if (w) flush(w->ch);
     pumping_ = false;
 }
 
+std::size_t process_pool_core::serving_workers() const noexcept {
+    return static_cast<std::size_t>(std::count_if(slots_.begin(), slots_.end(),
+                                                  [](const worker_process* w) { return w && w->serving(); }));
+}
+
+bool process_pool_core::keep_min_workers() noexcept {
+    if (min_workers_ == 0 || broken_ || shut_down_ || closing_ || loop_ == nullptr) return true;
+    // A retiring worker keeps its slot until it is reaped: its replacement
+    // starts then (this runs again from finalize_exit's pump).
+    for (std::size_t n = serving_workers(); n < min_workers_ && live_workers_ < max_workers_; ++n) {
+        std::size_t slot = 0;
+        while (slots_[slot] != nullptr) ++slot;
+        if (spawn_worker(slot) == nullptr) return false;
+    }
+    return true;
+}
+
 void process_pool_core::on_call_done(worker_process& w) noexcept {
-    if (policy_.max_tasks != 0 && w.calls_sent >= policy_.max_tasks && w.in_flight == 0 &&
-        w.st == worker_process::state::ready) {
-        ++recorder_.counters().recycles;
-        retire_worker(w);
+    if (w.in_flight == 0 && w.st == worker_process::state::ready) {
+        if (w.over_memory) {
+            ++recorder_.counters().memory_recycles;
+            retire_worker(w);
+        } else if (policy_.max_tasks != 0 && w.calls_sent >= policy_.max_tasks) {
+            ++recorder_.counters().recycles;
+            retire_worker(w);
+        }
     }
     pump();
-    if (w.in_flight == 0 && w.st == worker_process::state::ready) hold_loop(w, false);
+    if (w.in_flight == 0 && w.st == worker_process::state::ready) {
+        hold_loop(w, false);
+        watch_idle(w);
+    }
+}
+
+void process_pool_core::on_worker_idle(worker_process& w) noexcept {
+    if (w.in_flight != 0 || w.st != worker_process::state::ready || w.exited) return;
+    if (serving_workers() <= min_workers_) return;  // it stays, idle, until a call comes
+    ++recorder_.counters().idle_exits;
+    retire_worker(w);
 }
 
 void process_pool_core::forget(worker_process& w) noexcept {
@@ -530,6 +590,7 @@ std::size_t process_pool_executor::live_workers() const noexcept { return core_-
 std::size_t process_pool_executor::queued() const noexcept { return core_->queued(); }
 std::vector<int> process_pool_executor::worker_pids() const { return core_->worker_pids(); }
 future<void> process_pool_executor::room(loop& lp) { return core_->room(lp.core()); }
+void process_pool_executor::start(loop& lp) { core_->start(lp.core()); }
 executor_stats process_pool_executor::stats() const noexcept { return core_->stats(); }
 
 }  // namespace uvexec

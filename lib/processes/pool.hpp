@@ -41,6 +41,8 @@ public:
     explicit process_pool_core(process_pool_options opts);
 
     void accept(loop_core& lp);
+    /// ex.start(lp): binds the pool to lp and starts min_workers workers.
+    void start(loop_core& lp);
     /// Throws ambiguous_function_error when this pool's workers cannot tell
     /// the function apart from another of the same key (see fn.hpp).
     void check_identity(const function_identity& id, std::string_view name) const;
@@ -68,6 +70,9 @@ public:
     const process_pool_options& options() const noexcept { return opts_; }
     /// w answered a call: it may retire, and queued calls may go out.
     void on_call_done(worker_process& w) noexcept;
+    /// w's idle_timeout is over: it is retired if the pool keeps more than
+    /// min_workers serving.
+    void on_worker_idle(worker_process& w) noexcept;
     /// w said hello: a start succeeded.
     void on_worker_ready() noexcept { failed_starts_ = 0; }
     /// w exited before its hello on its own; true if the pool must give up
@@ -86,7 +91,8 @@ public:
     void forget(worker_process& w) noexcept;
     /// One fewer call in a worker (answered, failed, or queued again).
     void left_worker() noexcept { --in_flight_; }
-    /// Sends queued calls to workers, starting workers as needed.
+    /// Sends queued calls to workers, starting workers as needed (and up to
+    /// min_workers).
     void pump() noexcept;
     /// Call c started at `started` (see docs/process-pool.md, "Metrics") and
     /// was answered at now.
@@ -124,6 +130,12 @@ private:
     /// Sends the head of the queue to w.
     void send_head(worker_process& w, std::uint64_t now) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
+    /// Binds the pool to lp (the checks of accept() but the queue's bound).
+    void bind(loop_core& lp);
+    /// Starts workers until min_workers serve; false if a start failed.
+    bool keep_min_workers() noexcept;
+    /// Workers serving or starting (not retiring, not dying).
+    std::size_t serving_workers() const noexcept;
     /// Runs the waiters of the ready calls; every entry ends with it.
     void notify_ready() noexcept;
     void settle() noexcept;
@@ -134,11 +146,13 @@ private:
 
     process_pool_options opts_;
     std::size_t max_workers_;
+    std::size_t min_workers_ = 0;
     schedule_policy policy_;
     call_costs costs_;
     std::string prefix_;
     std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
     std::vector<std::string> spawn_env_;
+    std::string limits_word_;             // the workers' limits (worker_limits.hpp); empty: none
     bool names_only_ = false;             // the workers are another executable: only names match
     loop_core* loop_ = nullptr;
     std::vector<worker_process*> slots_;  // by slot; null when free

@@ -46,6 +46,7 @@
 #include "uvexec/detail/remote.hpp"
 #include "uvexec/process_pool_executor.hpp"
 #include "uvexec/this_worker.hpp"
+#include "worker_limits.hpp"
 
 namespace uvexec::inline v0 {
 namespace detail {
@@ -53,6 +54,7 @@ namespace {
 
 bool in_worker = false;
 std::string worker_name;
+worker_limit_spec limits;  // from the command line (worker_limits.hpp)
 
 [[noreturn]] void die(int status, const std::string& why) {
     std::fprintf(stderr, "uvexec worker %d (%s): %s\n", static_cast<int>(::getpid()), worker_name.c_str(), why.c_str());
@@ -60,7 +62,7 @@ std::string worker_name;
     ::_exit(status);
 }
 
-void write_all(int fd, const std::string& data) {
+void write_all(int fd, std::string_view data) {
     const char* p = data.data();
     std::size_t left = data.size();
     while (left > 0) {
@@ -96,8 +98,22 @@ std::pair<std::string, std::string> describe_current() {
     }
 }
 
+/// Before call id's answer: tells the parent when this worker's resident
+/// memory is above max_worker_memory, so that it sends the worker no more
+/// calls and retires it once the answer is in.
+void report_memory(int fd, std::uint64_t id) {
+    if (limits.max_rss == 0) return;
+    const std::uint64_t rss = resident_bytes();
+    if (rss <= limits.max_rss) return;
+    char report[frame_header_size + 8];
+    put_frame_header(report, frame_kind::over_memory, id, 8);
+    for (int i = 0; i < 8; ++i) report[frame_header_size + i] = static_cast<char>((rss >> (8 * i)) & 0xff);
+    write_all(fd, std::string_view(report, sizeof(report)));
+}
+
 void answer_error(int fd, std::string& out, frame_kind kind, std::uint64_t id, const std::string& type,
                   const std::string& what) {
+    if (kind == frame_kind::error) report_memory(fd, id);
     std::string payload;
     encode_into(payload, type, what);
     out.clear();
@@ -277,6 +293,7 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
         return;
     }
     put_frame_header(out.data(), frame_kind::result, f.id, size);
+    report_memory(fd, f.id);
     write_all(fd, out);
 }
 
@@ -302,7 +319,11 @@ void run_init(int fd, const frame& f, std::string& out, channel_reader& rd) {
 
 void serve_frame(int fd, std::size_t max_frame, const frame& f, std::string& out, channel_reader& rd) {
     switch (f.kind) {
-        case frame_kind::call: run_call(fd, max_frame, f, out, rd); break;
+        case frame_kind::call: {
+            arm_cpu_limit(limits);
+            run_call(fd, max_frame, f, out, rd);
+            break;
+        }
         case frame_kind::init: run_init(fd, f, out, rd); break;
         case frame_kind::cancel: break;  // for a call that has returned: too late
         default: die(3, fmt::format("unexpected frame kind {} from the parent", static_cast<int>(f.kind)));
@@ -483,6 +504,8 @@ void worker_main(int argc, char** argv) {
         ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // programs the worker starts do not inherit the channel
     }
     if (max_frame < 64) die(2, "worker_main: malformed maximum frame size");
+    if (argc > 6 && !parse_limits_word(argv[6], limits)) die(2, "worker_main: malformed limits");
+    if (auto why = apply_start_limits(limits); !why.empty()) die(2, "worker_main: setrlimit(RLIMIT_AS): " + why);
     serve(in, out, max_frame);
 }
 

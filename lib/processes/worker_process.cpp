@@ -36,6 +36,8 @@ std::string exit_description(const worker_process& w) {
                                           : fmt::format("exited with status {}", w.exit_status);
     if (w.term_signal == 0 && w.exit_status == unserved_worker_status)
         how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
+    if (const auto& cpu = w.pool->options().limits.cpu_time; w.term_signal == SIGXCPU && cpu)
+        how += fmt::format(": the call used more CPU time than limits.cpu_time ({} s) allows", cpu->count());
     if (!w.fault.empty()) how = w.fault + "; it was " + how;
     return how;
 }
@@ -60,7 +62,16 @@ void close_once(worker_process& w, unsigned bit) noexcept {
 
 void start_timer(worker_process& w, std::chrono::milliseconds after, uv_timer_cb cb) noexcept {
     uv_timer_stop(&w.timer);
+    w.idle_timer = false;
+    uv_ref(reinterpret_cast<uv_handle_t*>(&w.timer));  // an idle timer does not hold the loop; the others do
     uv_timer_start(&w.timer, cb, static_cast<std::uint64_t>(after.count()), 0);
+}
+
+void on_idle_over(uv_timer_t* t) noexcept {
+    auto& w = *static_cast<worker_process*>(t->data);
+    w.idle_timer = false;
+    guard g(*w.pool);
+    w.pool->on_worker_idle(w);
 }
 
 void on_grace_over(uv_timer_t* t) noexcept { kill_worker(*static_cast<worker_process*>(t->data), ""); }
@@ -129,7 +140,10 @@ void on_hello(worker_process& w, const frame& f) noexcept {
     if (w.st == worker_process::state::starting) {
         w.st = worker_process::state::ready;
         uv_timer_stop(&w.timer);
-        if (w.in_flight == 0) hold_loop(w, false);
+        if (w.in_flight == 0) {
+            hold_loop(w, false);
+            watch_idle(w);
+        }
     }
     // Its first call begins now.
     w.head_started = uv_hrtime();
@@ -157,6 +171,19 @@ bool on_answer(worker_process& w, const frame& f) noexcept {
     else if (!c->state->done()) c->state->resolve_exception(remote_exception(f.payload));
     w.pool->ready(*c);
     w.pool->on_call_done(w);
+    return true;
+}
+
+/// Before answering call f.id (its head), w found its resident memory above
+/// max_worker_memory: it takes no more calls and retires once they are answered.
+bool on_over_memory(worker_process& w, const frame& f) noexcept {
+    if (!w.pool->options().max_worker_memory || f.payload.size() != 8 || w.head == nullptr ||
+        get_u64(w.head->frame.data() + 5) != f.id) {
+        protocol_violation(w, [&] { return fmt::format("a memory report for call #{} the pool did not ask for", f.id); });
+        return false;
+    }
+    w.over_memory = true;
+    w.pool->on_call_done(w);  // retires it now if it holds no call
     return true;
 }
 
@@ -291,6 +318,9 @@ void worker_process::on_channel_data() noexcept {
                 if (!on_answer(*this, f)) return;
                 break;
             case frame_kind::init_failed: on_init_failed(*this, f); break;
+            case frame_kind::over_memory:
+                if (!on_over_memory(*this, f)) return;
+                break;
             default:
                 protocol_violation(*this,
                                    [&] { return fmt::format("a frame of unknown kind {}", static_cast<int>(f.kind)); });
@@ -368,6 +398,10 @@ void push_call(worker_process& w, process_call& c) noexcept {
     if (w.in_flight++ == 0) {
         hold_loop(w, true);
         w.head_started = c.sent_at;
+        if (w.idle_timer) {
+            w.idle_timer = false;
+            uv_timer_stop(&w.timer);
+        }
     }
     ++w.calls_sent;
 }
@@ -389,6 +423,14 @@ void hold_loop(worker_process& w, bool hold) noexcept {
     hold_child(w.watch, hold);
     if (uv_is_closing(w.ch.handle())) return;
     if (hold) uv_ref(w.ch.handle()); else uv_unref(w.ch.handle());
+}
+
+void watch_idle(worker_process& w) noexcept {
+    const auto& timeout = w.pool->options().idle_timeout;
+    if (!timeout || w.idle_timer || w.in_flight != 0 || w.st != worker_process::state::ready) return;
+    start_timer(w, *timeout, &on_idle_over);
+    w.idle_timer = true;
+    uv_unref(reinterpret_cast<uv_handle_t*>(&w.timer));
 }
 
 void kill_worker(worker_process& w, const char* why) noexcept {

@@ -62,10 +62,15 @@ struct worker_process final : channel_owner {
     bool cancel_timer = false;       // the timer counts down a cancelled running call's cancel_grace
     std::uint64_t backlog_ns = 0;    // expected time of its calls known to be short (scheduler.cpp)
     std::size_t long_calls = 0;      // its calls not known to be short
+    bool over_memory = false;        // it reported memory above max_worker_memory: it takes no more calls
+    bool idle_timer = false;         // the timer counts down its idle_timeout (it holds no call)
 
     bool accepting(std::size_t max_tasks) const noexcept {
-        return !exited && (st == state::starting || st == state::ready) && (max_tasks == 0 || calls_sent < max_tasks);
+        return !exited && !over_memory && (st == state::starting || st == state::ready) &&
+               (max_tasks == 0 || calls_sent < max_tasks);
     }
+    /// Serving or about to: neither retiring nor dying.
+    bool serving() const noexcept { return !exited && (st == state::starting || st == state::ready); }
 
     void on_channel_data() noexcept override;
     void on_channel_end() noexcept override;
@@ -107,6 +112,9 @@ void stop_worker(worker_process& w, int sig, const char* who) noexcept;
 /// An idle worker must not keep the host's uv_run alive; a busy, starting or
 /// exiting one must (its answer or exit is still due).
 void hold_loop(worker_process& w, bool hold) noexcept;
+/// w holds no call: if the pool has an idle_timeout, w's timer starts
+/// counting it down (without holding the loop); past it the pool may retire w.
+void watch_idle(worker_process& w) noexcept;
 
 /// Records why the pool ends w (the first reason is kept); make() may fail
 /// (std::bad_alloc): the reason is then left out.

@@ -117,6 +117,10 @@ std::string prometheus_text(std::initializer_list<std::pair<std::string_view, co
         }
         p.counter("uvexec_worker_recycles_total", [](const S& s) { return s.recycles; },
                   "Workers retired after max_tasks_per_child calls.");
+        p.counter("uvexec_worker_memory_recycles_total", [](const S& s) { return s.memory_recycles; },
+                  "Workers retired because their resident memory was above max_worker_memory.");
+        p.counter("uvexec_worker_idle_exits_total", [](const S& s) { return s.idle_exits; },
+                  "Workers retired after idle_timeout without a call.");
     }
     w.histogram("uvexec_call_wait_seconds", [](const S& s) -> const latency_histogram& { return s.wait_time; },
                 "Time from submit() to the call's start.");

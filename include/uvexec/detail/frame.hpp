@@ -18,7 +18,7 @@
 namespace uvexec::inline v0::detail {
 
 /// Protocol version; a worker built from other uvexec sources says so in HELLO.
-inline constexpr std::uint32_t protocol_version = 3;
+inline constexpr std::uint32_t protocol_version = 4;
 
 enum class frame_kind : std::uint8_t {
     // parent -> worker
@@ -30,6 +30,7 @@ enum class frame_kind : std::uint8_t {
     result = 17,       // id = task id; payload = the result's archive
     error = 18,        // id = task id; payload = the archive of (type name, what()) of the exception
     init_failed = 19,  // id = 0; payload = remote error
+    over_memory = 20,  // id = task id just answered; payload = u64 resident bytes (above max_worker_memory)
 };
 
 inline constexpr std::size_t frame_header_size = 4 + 1 + 8;
