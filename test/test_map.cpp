@@ -254,6 +254,29 @@ TEST_CASE("processes: abandoning a map cancels its queued chunks: they never run
     CHECK(s.completed <= 2);  // chunks 0 and (its answer dropped or not) 1
 }
 
+TEST_CASE("threads: a timeout on next() (wait_for) cancels it and finishes the map") {
+    uvexec::loop lp;
+    thread_pool_executor ex{{.max_workers = 1}};
+    std::binary_semaphore go(0);
+    std::atomic<int> ran{0};
+    auto m = ex.map(
+        lp,
+        [&](int i) {
+            ++ran;
+            if (i == 0) go.acquire();  // held until the test lets it go
+            return i;
+        },
+        std::views::iota(0, 100), {.chunksize = 1, .buffersize = 3});
+    lp.run_until_complete([&]() -> task<void> {
+        CHECK_THROWS_AS(co_await uvexec::wait_for(lp, m.next(), std::chrono::milliseconds(1)), uvexec::timeout_error);
+        CHECK_FALSE(co_await m.next());
+    }());
+    go.release();
+    lp.run_until_complete(ex.shutdown());
+    CHECK(ran == 1);  // chunks 1 and 2 were cancelled in the queue
+    CHECK(ex.stats().cancelled >= 2);
+}
+
 TEST_CASE("threads: a full queue (max_queue) makes the map wait for room and go on, never fail") {
     uvexec::loop lp;
     thread_pool_executor ex{{.max_workers = 1, .max_queue = 1}};
