@@ -169,13 +169,13 @@ TEST_CASE("the input is pulled lazily: chunksize × buffersize items before the 
         pulled = 0;
         auto m = ex.map(lp, fn<&work::twice>, counting, {.chunksize = 7, .buffersize = 3});
         CHECK(pulled == 0);  // nothing before the first next()
-        auto r = lp.run_until_complete(m.next());
+        auto r = lp.run_until_complete(m.next().as_task());
         REQUIRE(r);
         CHECK(*r == 0);
         CHECK(pulled == 7 * 3);
-        for (int i = 1; i < 7; ++i) CHECK(*lp.run_until_complete(m.next()) == 2 * i);
+        for (int i = 1; i < 7; ++i) CHECK(*lp.run_until_complete(m.next().as_task()) == 2 * i);
         CHECK(pulled == 7 * 3);  // the first chunk's results were already here
-        CHECK(*lp.run_until_complete(m.next()) == 14);
+        CHECK(*lp.run_until_complete(m.next().as_task()) == 14);
         CHECK(pulled == 7 * 4);  // the first chunk read, one more went out
     };
     thread_pool_executor threads{{.max_workers = 2}};
@@ -226,7 +226,7 @@ TEST_CASE("threads: abandoning a map cancels its queued chunks: they never run")
                 return i;
             },
             std::views::iota(0, 4), {.chunksize = 1, .buffersize = 4});
-        CHECK(*lp.run_until_complete(m.next()) == 0);
+        CHECK(*lp.run_until_complete(m.next().as_task()) == 0);
     }  // abandoned
     go.release();
     lp.run_until_complete(ex.shutdown());
@@ -242,7 +242,7 @@ TEST_CASE("processes: abandoning a map cancels its queued chunks: they never run
     std::vector<std::string> items{"0", g.path(), "2", "3"};
     {
         auto m = ex.map(lp, fn<&work::number_or_gate>, items, {.chunksize = 1, .buffersize = 4});
-        CHECK(*lp.run_until_complete(m.next()) == 0);
+        CHECK(*lp.run_until_complete(m.next().as_task()) == 0);
         g.wait_started(1);  // chunk 1 holds the only worker: 2 and 3 wait in the pool's queue
         CHECK(ex.queued() == 2);
     }  // abandoned
@@ -268,7 +268,7 @@ TEST_CASE("threads: a timeout on next() (wait_for) cancels it and finishes the m
         },
         std::views::iota(0, 100), {.chunksize = 1, .buffersize = 3});
     lp.run_until_complete([&]() -> task<void> {
-        CHECK_THROWS_AS(co_await uvexec::wait_for(lp, m.next(), std::chrono::milliseconds(1)), uvexec::timeout_error);
+        CHECK_THROWS_AS(co_await uvexec::wait_for(lp, m.next().as_task(), std::chrono::milliseconds(1)), uvexec::timeout_error);
         CHECK_FALSE(co_await m.next());
     }());
     go.release();

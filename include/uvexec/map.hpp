@@ -83,6 +83,15 @@ public:
     map_engine(const map_engine&) = delete;
     map_engine& operator=(const map_engine&) = delete;
 
+    /// A result is at hand (or the map is over): next() need not suspend.
+    bool ready() const noexcept { return finished_ || pos_ < current_.size(); }
+    /// The result at hand; only when ready().
+    std::optional<T> take_ready() {
+        if (finished_) return std::nullopt;
+        return std::move(current_[pos_++]);
+    }
+
+    /// The next result, fetching chunks as needed (the slow path of map_stream::next).
     task<std::optional<T>> next() {
         for (;;) {
             if (finished_) co_return std::nullopt;
@@ -227,6 +236,8 @@ public:
     map_stream(map_stream&&) noexcept = default;
     map_stream& operator=(map_stream&&) noexcept = default;
 
+    class next_awaiter;
+
     /// The next result, std::nullopt at the end: `while (auto r = co_await
     /// m.next())`. An item whose fn threw rethrows its exception here, after
     /// the results of the items before it; the map is then finished (what
@@ -234,13 +245,40 @@ public:
     /// next() returns std::nullopt. A chunk that failed as a whole (its
     /// worker died: worker_died_error) throws at its first item. Await each
     /// next() before calling it again, and keep the map_stream alive meanwhile.
+    /// A result already fetched is returned without suspending or allocating;
+    /// next().as_task() is the same as a task (for run_until_complete, wait_for).
     /// Python: next(iterator).
-    task<std::optional<T>> next() { return engine_->next(); }
+    next_awaiter next() noexcept { return next_awaiter(*engine_); }
 
 private:
     friend class detail::map_access<T>;
     explicit map_stream(std::unique_ptr<detail::map_engine<T>> e) noexcept : engine_(std::move(e)) {}
     std::unique_ptr<detail::map_engine<T>> engine_;
+};
+
+/// What map_stream::next() returns: ready at once when a result is at hand,
+/// otherwise it runs the engine's next() task (which fetches a chunk).
+template <class T>
+class map_stream<T>::next_awaiter {
+public:
+    explicit next_awaiter(detail::map_engine<T>& e) noexcept : engine_(&e) {}
+
+    bool await_ready() const noexcept { return engine_->ready(); }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> caller) {
+        slow_ = engine_->next();
+        awaiter_.emplace(std::move(slow_).operator co_await());
+        return awaiter_->await_suspend(caller);
+    }
+    std::optional<T> await_resume() { return awaiter_ ? awaiter_->await_resume() : engine_->take_ready(); }
+
+    /// The same as a task<std::optional<T>> (which outlives this awaiter).
+    task<std::optional<T>> as_task() && { return engine_->next(); }
+
+private:
+    detail::map_engine<T>* engine_;
+    task<std::optional<T>> slow_;
+    std::optional<typename task<std::optional<T>>::awaiter> awaiter_;
 };
 
 namespace detail {
