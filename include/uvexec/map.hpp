@@ -168,17 +168,20 @@ private:
     bool finished_ = false;
 };
 
-/// A map over a view V: pulls chunks of In from it and sends each through
-/// Backend, whose submit(std::vector<In>&) returns a future<Backend::chunk>
-/// (throwing queue_full_error without taking the items), whose room() is the
+/// A map over a range held as R (a value it owns, or an lvalue reference):
+/// pulls chunks of In from it and sends each through Backend, whose
+/// submit(std::vector<In>&) returns a future<Backend::chunk> (throwing
+/// queue_full_error without taking the items), whose room() is the
 /// executor's, and whose static to_chunk turns its chunk into a map_chunk<T>.
-template <class T, class V, class In, class Backend>
+/// (No std::views here: clang 14 cannot instantiate libstdc++ 12's views.)
+template <class T, class R, class In, class Backend>
 class range_map final : public map_engine<T> {
 public:
-    range_map(V view, std::size_t chunksize, std::size_t buffersize, Backend backend)
+    template <class Rg>
+    range_map(Rg&& range, std::size_t chunksize, std::size_t buffersize, Backend backend)
         : map_engine<T>(buffersize),
-          view_(std::move(view)),
-          it_(std::ranges::begin(view_)),
+          range_(std::forward<Rg>(range)),
+          it_(std::ranges::begin(range_)),
           chunksize_(chunksize),
           backend_(std::move(backend)) {}
     ~range_map() override { cancel_all(); }
@@ -187,7 +190,7 @@ private:
     bool pull() override {
         if (!held_.empty()) return true;
         held_.reserve(chunksize_);
-        for (; held_.size() < chunksize_ && it_ != std::ranges::end(view_); ++it_) held_.emplace_back(*it_);
+        for (; held_.size() < chunksize_ && it_ != std::ranges::end(range_); ++it_) held_.emplace_back(*it_);
         return !held_.empty();
     }
     void submit_held() override {
@@ -206,13 +209,22 @@ private:
         in_flight_.clear();
     }
 
-    V view_;
-    std::ranges::iterator_t<V> it_;
+    R range_;
+    std::ranges::iterator_t<std::remove_reference_t<R>> it_;
     std::size_t chunksize_;
     Backend backend_;
     std::vector<In> held_;  // pulled, not yet submitted (the queue was full)
     std::deque<future<typename Backend::chunk>> in_flight_;
 };
+
+/// How a map holds its input range, passed as Rg&&: an rvalue is moved in and
+/// owned, an lvalue is referred to.
+template <class Rg>
+using map_input_t = std::conditional_t<std::is_lvalue_reference_v<Rg>, Rg, std::remove_cvref_t<Rg>>;
+
+/// The items a map over Rg pulls.
+template <class Rg>
+using map_item_t = std::ranges::range_value_t<std::remove_reference_t<Rg>>;
 
 /// Checks map_options; returns the buffersize to use.
 inline std::size_t checked_buffersize(const map_options& opts, std::size_t max_workers) {
@@ -286,20 +298,13 @@ namespace detail {
 template <class T>
 class map_access {
 public:
-    template <class V, class In, class Backend>
-    static map_stream<T> make(V view, const map_options& opts, std::size_t max_workers, Backend backend) {
+    template <class In, class Rg, class Backend>
+    static map_stream<T> make(Rg&& input, const map_options& opts, std::size_t max_workers, Backend backend) {
         const std::size_t buffersize = checked_buffersize(opts, max_workers);
-        return map_stream<T>(std::make_unique<range_map<T, V, In, Backend>>(std::move(view), opts.chunksize,
-                                                                            buffersize, std::move(backend)));
+        return map_stream<T>(std::make_unique<range_map<T, map_input_t<Rg>, In, Backend>>(
+            std::forward<Rg>(input), opts.chunksize, buffersize, std::move(backend)));
     }
 };
-
-/// A map's input as a view it owns (an rvalue range) or refers to (an lvalue).
-template <std::ranges::input_range R>
-    requires std::ranges::viewable_range<R>
-auto map_input(R&& r) {
-    return std::views::all(std::forward<R>(r));
-}
 
 }  // namespace detail
 

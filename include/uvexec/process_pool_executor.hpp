@@ -313,9 +313,9 @@ public:
                       "uvexec: map's function takes exactly one argument (and no std::stop_token)");
         static_assert(!std::is_void_v<R>, "uvexec: map's function must return a value");
         check_serializable<R>(static_cast<typename fn_t<F>::args_tuple*>(nullptr));
-        using V = decltype(detail::map_input(std::forward<Rg>(input)));
-        return detail::map_access<R>::template make<V, detail::map_arg_t<F>>(
-            detail::map_input(std::forward<Rg>(input)), opts, max_workers(), detail::process_map_backend<F>{this, &lp});
+        return detail::map_access<R>::template make<detail::map_arg_t<F>>(std::forward<Rg>(input), opts,
+                                                                        max_workers(),
+                                                                        detail::process_map_backend<F>{this, &lp});
     }
 
     /// Anything but uvexec::fn<&function> is refused at compile time.

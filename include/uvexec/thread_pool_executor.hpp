@@ -380,14 +380,12 @@ public:
     /// makes the map wait for room(), never fail.
     template <class F, std::ranges::input_range R>
     auto map(loop& lp, F fn, R&& input, map_options opts = {}) {
-        using V = decltype(detail::map_input(std::forward<R>(input)));
-        using In = std::ranges::range_value_t<V>;
+        using In = detail::map_item_t<R>;
         static_assert(std::is_invocable_v<F&, In&&>, "uvexec: map's function must take the range's items");
         using T = std::decay_t<std::invoke_result_t<F&, In&&>>;
         static_assert(!std::is_void_v<T>, "uvexec: map's function must return a value");
-        return detail::map_access<T>::template make<V, In>(detail::map_input(std::forward<R>(input)), opts,
-                                                            max_workers(),
-                                                            detail::thread_map_backend<F, In, T>{this, &lp, std::move(fn)});
+        return detail::map_access<T>::template make<In>(std::forward<R>(input), opts, max_workers(),
+                                                        detail::thread_map_backend<F, In, T>{this, &lp, std::move(fn)});
     }
 
     /// Python: executor.shutdown(wait, cancel_futures). Stops accepting work;
