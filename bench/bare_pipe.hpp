@@ -6,12 +6,15 @@
 // way a uvexec worker answers. No serialization, no event loop.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -131,5 +134,43 @@ inline void ping(child& c, std::uint64_t id) {
     write_all(c.fd, call, call_size);
     read_all(c.fd, reply, reply_size);
 }
+
+/// Calls per second of n round trips through the children cs, up to depth
+/// frames in flight to each, the parent batching its writes and polling with
+/// poll(2): one message per call each way.
+inline double throughput(std::vector<child>& cs, long n, long depth) {
+    const std::size_t w = cs.size();
+    std::vector<long> in_flight(w, 0);
+    std::vector<std::size_t> carry(w, 0);
+    std::vector<pollfd> pfds(w);
+    for (std::size_t i = 0; i < w; ++i) pfds[i] = {cs[i].fd, POLLIN, 0};
+    std::vector<char> batch(static_cast<std::size_t>(depth) * call_size);
+    for (long i = 0; i < depth; ++i) make_call(batch.data() + static_cast<std::size_t>(i) * call_size, static_cast<std::uint64_t>(i));
+    static char rbuf[64 * 1024];
+    long sent = 0, received = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    while (received < n) {
+        for (std::size_t i = 0; i < w; ++i) {
+            long k = std::min(depth - in_flight[i], n - sent);
+            if (k <= 0) continue;
+            write_all(cs[i].fd, batch.data(), static_cast<std::size_t>(k) * call_size);
+            in_flight[i] += k;
+            sent += k;
+        }
+        if (::poll(pfds.data(), w, -1) < 0) continue;
+        for (std::size_t i = 0; i < w; ++i) {
+            if (!(pfds[i].revents & POLLIN)) continue;
+            ssize_t r = ::read(cs[i].fd, rbuf, sizeof(rbuf));
+            if (r <= 0) throw std::runtime_error("bare child died");
+            carry[i] += static_cast<std::size_t>(r);
+            auto frames = static_cast<long>(carry[i] / reply_size);
+            carry[i] %= reply_size;
+            in_flight[i] -= frames;
+            received += frames;
+        }
+    }
+    return static_cast<double>(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 
 }  // namespace bare

@@ -6,8 +6,6 @@
 // Workers and children are started before the clock starts.
 //
 // Target (issue 5): uvexec >= 200k calls/s (2 workers, 200k calls).
-#include <poll.h>
-
 #include <vector>
 
 #include <uvexec/uvexec.hpp>
@@ -37,40 +35,6 @@ double run_uvexec(uvexec::loop& lp, uvexec::process_pool_executor& ex, long n) {
     return static_cast<double>(n) / bench::seconds_since(t0);
 }
 
-double run_bare(std::vector<bare::child>& cs, long n, long depth) {
-    const std::size_t w = cs.size();
-    std::vector<long> in_flight(w, 0);
-    std::vector<std::size_t> carry(w, 0);
-    std::vector<pollfd> pfds(w);
-    for (std::size_t i = 0; i < w; ++i) pfds[i] = {cs[i].fd, POLLIN, 0};
-    std::vector<char> batch(static_cast<std::size_t>(depth) * bare::call_size);
-    for (long i = 0; i < depth; ++i) bare::make_call(batch.data() + static_cast<std::size_t>(i) * bare::call_size, static_cast<std::uint64_t>(i));
-    static char rbuf[64 * 1024];
-    long sent = 0, received = 0;
-    auto t0 = bench::clock::now();
-    while (received < n) {
-        for (std::size_t i = 0; i < w; ++i) {
-            long k = std::min(depth - in_flight[i], n - sent);
-            if (k <= 0) continue;
-            bare::write_all(cs[i].fd, batch.data(), static_cast<std::size_t>(k) * bare::call_size);
-            in_flight[i] += k;
-            sent += k;
-        }
-        if (::poll(pfds.data(), w, -1) < 0) continue;
-        for (std::size_t i = 0; i < w; ++i) {
-            if (!(pfds[i].revents & POLLIN)) continue;
-            ssize_t r = ::read(cs[i].fd, rbuf, sizeof(rbuf));
-            if (r <= 0) throw std::runtime_error("bare child died");
-            carry[i] += static_cast<std::size_t>(r);
-            auto frames = static_cast<long>(carry[i] / bare::reply_size);
-            carry[i] %= bare::reply_size;
-            in_flight[i] -= frames;
-            received += frames;
-        }
-    }
-    return static_cast<double>(n) / bench::seconds_since(t0);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,11 +55,11 @@ int main(int argc, char** argv) {
     for (long i = 0; i < workers; ++i) cs.push_back(bare::spawn());
 
     (void)run_uvexec(lp, ex, std::min(n, 20000L));  // starts the workers
-    (void)run_bare(cs, std::min(n, 20000L), depth);
+    (void)bare::throughput(cs, std::min(n, 20000L), depth);
     std::vector<double> u, b;
     for (long i = 0; i < reps; ++i) {
         u.push_back(run_uvexec(lp, ex, n));
-        b.push_back(run_bare(cs, n, depth));
+        b.push_back(bare::throughput(cs, n, depth));
     }
     for (auto& c : cs) bare::stop(c);
     lp.run_until_complete(ex.shutdown());

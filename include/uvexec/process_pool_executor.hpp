@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <ranges>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -33,6 +34,7 @@
 #include "uvexec/fn.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
+#include "uvexec/map.hpp"
 #include "uvexec/stats.hpp"
 #include "uvexec/this_worker.hpp"
 
@@ -224,6 +226,42 @@ private:
 template <class T>
 inline constexpr bool always_false = false;
 
+/// A map chunk's answer from a worker process: the results of its first
+/// items and, when the item after them threw, that exception as the worker
+/// reports a call's (its type name and what()).
+template <class R>
+struct remote_chunk {
+    std::vector<R> values;
+    bool failed = false;
+    std::string type, what;
+
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(values, failed, type, what);
+    }
+};
+
+template <auto F>
+using map_arg_t = std::tuple_element_t<0, typename fn_t<F>::args_tuple>;
+
+/// One chunk of a process pool's map: an ordinary remote function (a worker
+/// finds it as it finds F), run once per chunk, calling F on each item.
+template <auto F>
+remote_chunk<typename fn_t<F>::result_type> run_map_chunk(std::vector<map_arg_t<F>> items) {
+    using R = typename fn_t<F>::result_type;
+    auto f = fn<F>;
+    map_chunk<R> c = run_map_items<R>(f, items);
+    remote_chunk<R> out{std::move(c.values), false, {}, {}};
+    if (c.error) {
+        out.failed = true;
+        std::tie(out.type, out.what) = describe_exception(c.error);
+    }
+    return out;
+}
+
+template <auto F>
+struct process_map_backend;  // defined below the executor
+
 }  // namespace detail
 
 /// Python: concurrent.futures.ProcessPoolExecutor(max_workers, initializer,
@@ -290,6 +328,35 @@ public:
         return {};
     }
 
+    /// Python 3.14: executor.map(fn, iterable, chunksize=, buffersize=), from a
+    /// coroutine on lp (uvexec/map.hpp): the results of F (which takes one
+    /// argument) over input, in order, lazily. Each chunk of opts.chunksize
+    /// items is one call, one frame each way, whose worker runs F on its items
+    /// in turn; an item that throws comes back as remote_error at its place.
+    /// An rvalue input range is kept by the map, an lvalue one must outlive
+    /// it. Throws std::invalid_argument for bad options; a full queue
+    /// (max_queue) makes the map wait for room(), never fail. A dedicated
+    /// worker executable serves it after uvexec::expose_map<&f>().
+    template <auto F, std::ranges::input_range Rg>
+    map_stream<typename fn_t<F>::result_type> map(loop& lp, fn_t<F>, Rg&& input, map_options opts = {}) {
+        using R = typename fn_t<F>::result_type;
+        static_assert(std::tuple_size_v<typename fn_t<F>::args_tuple> == 1 && !fn_t<F>::takes_stop_token,
+                      "uvexec: map's function takes exactly one argument (and no std::stop_token)");
+        static_assert(!std::is_void_v<R>, "uvexec: map's function must return a value");
+        check_serializable<R>(static_cast<typename fn_t<F>::args_tuple*>(nullptr));
+        return detail::map_access<R>::template make<detail::map_arg_t<F>>(std::forward<Rg>(input), opts,
+                                                                        max_workers(),
+                                                                        detail::process_map_backend<F>{this, &lp});
+    }
+
+    /// Anything but uvexec::fn<&function> is refused at compile time.
+    template <class F, class Rg>
+    void map(loop&, F&&, Rg&&, map_options = {}) {
+        static_assert(detail::always_false<F>,
+                      "uvexec: a process_pool_executor maps only functions named at compile time: pass "
+                      "uvexec::fn<&your_function>, not a lambda, std::function or function pointer variable");
+    }
+
     /// Python: executor.shutdown(wait, cancel_futures); see
     /// thread_pool_executor::shutdown. The future completes once every
     /// accepted call has finished and every worker has exited and been reaped.
@@ -343,5 +410,36 @@ private:
 
     detail::process_pool_core* core_;
 };
+
+namespace detail {
+
+/// How a process pool's map sends a chunk: one call of run_map_chunk<F>.
+template <auto F>
+struct process_map_backend {
+    using R = typename fn_t<F>::result_type;
+    using chunk = remote_chunk<R>;
+
+    future<chunk> submit(std::vector<map_arg_t<F>>& items) {
+        return ex->submit(*lp, fn<&run_map_chunk<F>>, std::move(items));
+    }
+    future<void> room() { return ex->room(*lp); }
+    static map_chunk<R> to_chunk(chunk c) {
+        map_chunk<R> m{std::move(c.values), nullptr};
+        if (c.failed) m.error = std::make_exception_ptr(remote_error(std::move(c.type), std::move(c.what)));
+        return m;
+    }
+
+    process_pool_executor* ex;
+    loop* lp;
+};
+
+}  // namespace detail
+
+/// In a dedicated worker executable, registers what a process pool's map over
+/// each F runs (one call per chunk): `uvexec::expose_map<&twice>();`.
+template <auto... F>
+void expose_map() noexcept {
+    ((void)detail::remote<&detail::run_map_chunk<F>>::key(), ...);
+}
 
 }  // namespace uvexec

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <stop_token>
@@ -33,6 +34,7 @@
 #include "uvexec/detail/loop_core.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
+#include "uvexec/map.hpp"
 #include "uvexec/stats.hpp"
 #include "uvexec/this_worker.hpp"
 
@@ -322,6 +324,9 @@ struct call_result<F, A...> {
 template <class F, class... A>
 using call_result_t = std::decay_t<typename call_result<F, A...>::type>;
 
+template <class F, class In, class T>
+struct thread_map_backend;  // defined below the executor
+
 }  // namespace detail
 
 /// Python: concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix,
@@ -368,6 +373,23 @@ public:
         }
     }
 
+    /// Python 3.14: executor.map(fn, iterable, chunksize=, buffersize=), from a
+    /// coroutine on lp (uvexec/map.hpp): the results of fn over input, in
+    /// order, lazily; each chunk of opts.chunksize items is one call that runs
+    /// fn on its items in turn. fn is copied into each chunk's call; an
+    /// rvalue input range is kept by the map, an lvalue one must outlive it.
+    /// Throws std::invalid_argument for bad options; a full queue (max_queue)
+    /// makes the map wait for room(), never fail.
+    template <class F, std::ranges::input_range R>
+    auto map(loop& lp, F fn, R&& input, map_options opts = {}) {
+        using In = detail::map_item_t<R>;
+        static_assert(std::is_invocable_v<F&, In&&>, "uvexec: map's function must take the range's items");
+        using T = std::decay_t<std::invoke_result_t<F&, In&&>>;
+        static_assert(!std::is_void_v<T>, "uvexec: map's function must return a value");
+        return detail::map_access<T>::template make<In>(std::forward<R>(input), opts, max_workers(),
+                                                        detail::thread_map_backend<F, In, T>{this, &lp, std::move(fn)});
+    }
+
     /// Python: executor.shutdown(wait, cancel_futures). Stops accepting work;
     /// with cancel_futures, queued work is cancelled and running calls that
     /// take a std::stop_token are asked to stop. Returns a future that
@@ -409,6 +431,27 @@ private:
 
     detail::thread_pool_core* core_;
 };
+
+namespace detail {
+
+/// How a thread pool's map sends a chunk: one call running fn over its items.
+template <class F, class In, class T>
+struct thread_map_backend {
+    using chunk = map_chunk<T>;
+
+    future<chunk> submit(std::vector<In>& items) {
+        return ex->submit(
+            *lp, [f = fn](std::vector<In> v) mutable { return run_map_items<T>(f, v); }, std::move(items));
+    }
+    future<void> room() { return ex->room(*lp); }
+    static chunk to_chunk(chunk c) noexcept { return c; }
+
+    thread_pool_executor* ex;
+    loop* lp;
+    F fn;
+};
+
+}  // namespace detail
 
 /// libuv's thread pool size as uvexec arranged or found it: the value of
 /// UV_THREADPOOL_SIZE that libuv reads when its pool starts (default 4).

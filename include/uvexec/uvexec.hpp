@@ -10,6 +10,7 @@
 #include "uvexec/gather.hpp"
 #include "uvexec/fn.hpp"
 #include "uvexec/loop.hpp"
+#include "uvexec/map.hpp"
 #include "uvexec/process_pool_executor.hpp"
 #include "uvexec/promise.hpp"
 #include "uvexec/shield.hpp"

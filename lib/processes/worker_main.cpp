@@ -85,18 +85,21 @@ std::string demangle(const char* mangled) {
     return out;
 }
 
-/// The current exception as (type name, what()).
-std::pair<std::string, std::string> describe_current() {
+}  // namespace
+
+std::pair<std::string, std::string> describe_exception(const std::exception_ptr& e) {
     try {
-        throw;
-    } catch (const std::exception& e) {
-        return {demangle(typeid(e).name()), e.what()};
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return {demangle(typeid(x).name()), x.what()};
     } catch (...) {
         const std::type_info* t = abi::__cxa_current_exception_type();
         std::string type = t ? demangle(t->name()) : std::string("unknown");
         return {"unknown exception type", "a value of type " + type + " was thrown (not a std::exception)"};
     }
 }
+
+namespace {
 
 /// Before call id's answer: tells the parent when this worker's resident
 /// memory is above max_worker_memory, so that it sends the worker no more
@@ -282,7 +285,7 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
         call_context ctx(rd, f.id, stop_requested);
         fn(f.payload.substr(16), out, ctx);  // the arguments are decoded from the frame where it lies
     } catch (...) {
-        auto [type, what] = describe_current();
+        auto [type, what] = describe_exception(std::current_exception());
         answer_error(fd, out, frame_kind::error, f.id, type, what);
         return;
     }
@@ -312,7 +315,7 @@ void run_init(int fd, const frame& f, std::string& out, channel_reader& rd) {
         call_context ctx(rd, 0, false);  // an initializer takes no std::stop_token (remote_function)
         fn({}, ignored, ctx);
     } catch (...) {
-        auto [type, what] = describe_current();
+        auto [type, what] = describe_exception(std::current_exception());
         answer_error(fd, out, frame_kind::init_failed, 0, type, what);
     }
 }

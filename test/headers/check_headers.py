@@ -24,7 +24,7 @@ headers = sorted(p.relative_to(include_dir).as_posix() for p in (include_dir / "
 thread_only = ["uvexec/thread_pool_executor.hpp", "uvexec/loop.hpp", "uvexec/gather.hpp", "uvexec/wait.hpp",
                "uvexec/as_completed.hpp", "uvexec/fn.hpp", "uvexec/promise.hpp", "uvexec/sleep.hpp",
                "uvexec/task.hpp", "uvexec/future.hpp", "uvexec/task_group.hpp", "uvexec/shield.hpp",
-               "uvexec/to_thread.hpp", "uvexec/error.hpp", "uvexec/this_worker.hpp"]
+               "uvexec/to_thread.hpp", "uvexec/error.hpp", "uvexec/this_worker.hpp", "uvexec/map.hpp"]
 
 
 def compile_source(text, extra):

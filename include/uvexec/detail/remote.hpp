@@ -16,6 +16,7 @@
 #include "uvexec/detail/config.hpp"
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <stop_token>
 #include <string>
@@ -53,6 +54,10 @@ struct function_identity {
     std::uint64_t offset = 0;
     bool ambiguous = false;  // another function of this program has the same key
 };
+
+/// An exception as a worker reports it: (demangled type name, what()), or
+/// ("unknown exception type", a sentence) for a throw of a non-std::exception.
+std::pair<std::string, std::string> describe_exception(const std::exception_ptr& e);
 
 /// Registers fn (whose trampoline is t) under key at static initialisation; returns key.
 std::uint64_t register_function(std::uint64_t key, std::string_view name, any_function fn, trampoline_fn t) noexcept;
