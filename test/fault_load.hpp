@@ -17,6 +17,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <stop_token>
 #include <thread>
 #include <vector>
 
@@ -57,6 +58,22 @@ inline answer job(int id, int spin_us) {
     return {id, expected(id), static_cast<int>(::getpid())};
 }
 
+/// In a run with a hang timeout, calls whose id this says never return by
+/// themselves: odd ones ignore their std::stop_token (cancel_grace kills their
+/// worker), even ones return once it is requested.
+inline bool hangs(int id) { return id % 211 == 105; }
+
+inline int hang(int id) {
+    volatile int spin = id;
+    for (;;) spin = spin + 1;
+}
+
+inline int hang_until_stopped(std::stop_token stop, int id) {
+    while (!stop.stop_requested()) {
+    }
+    return id;
+}
+
 /// True once pid is no longer our child. WNOWAIT: looking must not reap it
 /// behind libuv's back.
 inline bool reaped(int pid) {
@@ -86,6 +103,7 @@ struct outcome {
     bool ok = false;
     int failed_pid = 0, failed_signal = 0, failed_status = 0;
     bool wrong = false;  // a result for another id, a wrong value, or another error
+    bool timed_out = false;  // a hanging call's wait_for ended with timeout_error
 };
 
 /// Loop-thread state (the killer's closures run on the loop thread too).
@@ -95,11 +113,24 @@ struct state {
     std::map<int, std::set<int>> killed;   // pid -> signals we sent it
     std::set<int> seen;                    // every worker pid observed
     int kills = 0;
+    std::chrono::milliseconds hang_timeout{0};  // 0: no call hangs
 };
 
 inline uvexec::task<void> one(uvexec::loop& lp, uvexec::process_pool_executor& ex, state& st, int id, int spin_us) {
     auto& o = st.outcomes[static_cast<std::size_t>(id)];
     try {
+        if (st.hang_timeout.count() > 0 && hangs(id)) {
+            auto f = (id & 1) ? lp.run_in_executor(ex, uvexec::fn<&hang>, id)
+                              : lp.run_in_executor(ex, uvexec::fn<&hang_until_stopped>, id);
+            try {
+                co_await uvexec::wait_for(std::move(f), st.hang_timeout);
+                o.wrong = true;  // it cannot return before its stop
+            } catch (const uvexec::timeout_error&) {
+                o.timed_out = true;
+            }
+            ++o.answers;
+            co_return;
+        }
         answer a = co_await lp.run_in_executor(ex, uvexec::fn<&job>, id, spin_us);
         ++o.answers;
         o.ok = true;
@@ -130,18 +161,20 @@ inline uvexec::task<void> batch(uvexec::loop& lp, uvexec::process_pool_executor&
 inline uvexec::task<void> pause(uvexec::loop& lp) { co_await uvexec::sleep(lp, std::chrono::milliseconds(5)); }
 
 struct report {
-    int tasks = 0, kills = 0, failures = 0, self_exits = 0;
+    int tasks = 0, kills = 0, failures = 0, self_exits = 0, timeouts = 0;
 };
 
 /// Runs at least `tasks` calls (in batches of 1000) and until `kills` workers
 /// have been killed from another thread, then checks every outcome. tweak
 /// may set more options of the pool (worker lifetime, say).
 inline report run(int tasks, int kills, int spin_us, std::uint32_t seed,
-                  const std::function<void(uvexec::process_pool_options&)>& tweak = {}) {
+                  const std::function<void(uvexec::process_pool_options&)>& tweak = {},
+                  std::chrono::milliseconds hang_timeout = std::chrono::milliseconds(0)) {
     using namespace std::chrono_literals;
     warm_up();
     const std::size_t fds_before = open_fds();
     state st;
+    st.hang_timeout = hang_timeout;
     report rep;
     {
         uvexec::loop lp;
@@ -183,6 +216,7 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed,
         stop = true;
         killer.join();
         lp.run_until_complete(pause(lp));  // the killer's last closures
+        st.hang_timeout = std::chrono::milliseconds(0);  // the last batch must all succeed
         // The pool still serves.
         st.outcomes.resize(static_cast<std::size_t>(submitted + batch_size));
         lp.run_until_complete(batch(lp, ex, st, submitted, batch_size, 0));
@@ -201,6 +235,10 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed,
         if (o.answers == 0) ++lost;
         if (o.answers > 1) ++twice;
         if (o.wrong) ++wrong;
+        if (o.timed_out) {
+            ++rep.timeouts;
+            continue;
+        }
         if (o.answers != 1 || o.ok || o.wrong) {
             if (exits_itself(id) && o.ok) ++wrong;  // it cannot have answered
             continue;
@@ -233,7 +271,8 @@ inline report run(int tasks, int kills, int spin_us, std::uint32_t seed,
     }
     for (auto& [pid, sigs] : st.killed) CHECK(reaped(pid));
     CHECK(open_fds() == fds_before);
-    MESSAGE(rep.tasks, " calls, ", rep.kills, " kills, ", rep.failures, " failed with worker_died_error (", rep.self_exits,
+    MESSAGE(rep.tasks, " calls, ", rep.kills, " kills, ", rep.timeouts, " hanging calls timed out, ", rep.failures,
+            " failed with worker_died_error (", rep.self_exits,
             " of them self-exits), ", st.seen.size(), " workers");
     return rep;
 }

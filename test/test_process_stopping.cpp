@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fault_load.hpp"
 #include "gate.hpp"
 #include "support.hpp"
 
@@ -197,6 +198,17 @@ TEST_CASE("terminate_workers() on a pool that never started a worker completes a
     auto stopped = ex.terminate_workers();
     CHECK(stopped.done());
     CHECK_THROWS_AS(lp.run_in_executor(ex, fn<&work::pid>), uvexec::executor_shutdown_error);
+}
+
+TEST_CASE("under random kills: timed-out calls, with and without a std::stop_token, lose no other call (cancel_grace)") {
+    // Every 211th call hangs and its wait_for times out after 5 ms: one that
+    // watches its token returns, one that ignores it has its worker killed
+    // 20 ms later; meanwhile workers are killed at random from outside.
+    auto rep = faults::run(
+        3000, 15, 50, 20261208, [](uvexec::process_pool_options& o) { o.cancel_grace = std::chrono::milliseconds(20); },
+        std::chrono::milliseconds(5));
+    CHECK(rep.timeouts >= 10);
+    CHECK(rep.kills >= 15);
 }
 
 int main(int argc, char** argv) {
