@@ -105,7 +105,7 @@ struct server_options {
     std::size_t max_line = 4096;                  // bytes, without the '\n'
     std::size_t max_pending_per_connection = 64;  // unanswered requests before reading pauses
     std::chrono::milliseconds shutdown_grace{10000};
-    // Nice value (0-19) of the pools' threads and worker processes: above 0,
+    // How much nicer (0-19, as nice(1)) than the loop the pools' threads and workers run: above 0,
     // CPU-heavy calls yield the CPU to the loop thread when cores are short.
     int pool_nice = 0;
     // CPUs (a taskset(1) list such as "1" or "2-3,6"; empty: no pinning) for

@@ -93,7 +93,10 @@ bool server_core::start(uv_connection_cb on_connection, uv_signal_cb on_signal, 
         if (!opts.pool_cpus.empty()) pool_set = parse_cpu_list("--pool-cpus", opts.pool_cpus);
         if (opts.pool_nice > 0 || pool_set) {
             thread_options.initializer = [n = opts.pool_nice, pool_set] {
-                if (n > 0) setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), n);
+                if (n > 0) {  // relative, as nice(1) is for the workers
+                    const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+                    setpriority(PRIO_PROCESS, tid, getpriority(PRIO_PROCESS, tid) + n);
+                }
                 if (pool_set && sched_setaffinity(0, sizeof *pool_set, &*pool_set) != 0)
                     throw std::system_error(errno, std::generic_category(), "--pool-cpus");
             };
