@@ -70,9 +70,11 @@ void arm_cpu_limit(const worker_limit_spec& spec) noexcept {
     struct rusage ru{};
     struct rlimit rl{};
     if (::getrusage(RUSAGE_SELF, &ru) != 0 || ::getrlimit(RLIMIT_CPU, &rl) != 0) return;
-    // RLIMIT_CPU counts whole seconds of the process's life: the call may
-    // use cpu_seconds plus what is left of the current second.
-    const auto used = static_cast<std::uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1;
+    // RLIMIT_CPU counts whole seconds of the process's life: what it has
+    // used is rounded up, so the call may use cpu_seconds to one second more.
+    const auto used_us = static_cast<std::uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1'000'000 +
+                         static_cast<std::uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    const std::uint64_t used = (used_us + 999'999) / 1'000'000;
     rlim_t soft = static_cast<rlim_t>(used + spec.cpu_seconds);
     if (rl.rlim_max != RLIM_INFINITY && soft > rl.rlim_max) soft = rl.rlim_max;
     if (soft == rl.rlim_cur) return;
