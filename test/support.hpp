@@ -3,6 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -16,6 +19,31 @@
 namespace test {
 
 using namespace std::chrono_literals;
+
+/// Whether the kernel gives transparent huge pages to memory that asks for
+/// them (THP "always" or "madvise").
+inline bool huge_pages_available() {
+    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string line;
+    std::getline(f, line);
+    return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+}
+
+/// The VmFlags line of this process's mapping that holds address p ("" if none).
+inline std::string vm_flags_at(const void* p) {
+    std::ifstream f("/proc/self/smaps");
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    bool inside = false;
+    for (std::string line; std::getline(f, line);) {
+        unsigned long lo = 0, hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+            inside = a >= lo && a < hi;
+        } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+            return line;
+        }
+    }
+    return "";
+}
 
 /// Counts copies, moves and live objects (cppcoro's `counted`).
 struct counted {

@@ -1,4 +1,5 @@
 // The codec and the frame decoder against malformed input (found by fuzz/).
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -35,6 +36,62 @@ TEST_CASE("an empty vector of arithmetic values decodes (no memcpy to a null poi
     std::vector<int> v{1, 2};
     uvexec::detail::decode_from(bytes, v);
     CHECK(v.empty());
+}
+
+TEST_CASE("strings and vectors of numbers round-trip at every size, read with one copy") {
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{5} << 20}) {
+        std::string s(n, '\0');
+        for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i * 7 + 3);
+        std::vector<double> v(n / 8);
+        for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i) * 0.5;
+        std::string bytes;
+        uvexec::detail::encode_into(bytes, s, v);
+        std::string s2 = "previous contents";
+        std::vector<double> v2{1.0, 2.0};
+        uvexec::detail::decode_from(bytes, s2, v2);
+        CHECK(s2 == s);
+        CHECK(v2 == v);
+    }
+}
+
+TEST_CASE("a string's or vector's length past the bytes left is refused before anything is allocated") {
+    std::string bytes;
+    uvexec::detail::encode_into(bytes, std::uint64_t{1000});  // a length of 1000, then nothing
+    bytes.append(999, 'x');
+    std::string s;
+    CHECK_THROWS_WITH_AS(uvexec::detail::decode_from(bytes, s), doctest::Contains("exceeds the 999 bytes left"),
+                         uvexec::error);
+    // 1000 doubles need 8000 bytes: refused from the length, where cereal's
+    // own load would have allocated them first.
+    std::string vbytes;
+    uvexec::detail::encode_into(vbytes, std::uint64_t{1000});
+    vbytes.append(1000, 'x');
+    std::vector<double> v;
+    CHECK_THROWS_WITH_AS(uvexec::detail::decode_from(vbytes, v), doctest::Contains("exceeds the 1000 bytes left"),
+                         uvexec::error);
+    CHECK(v.capacity() == 0);
+}
+
+TEST_CASE("a large decoded string or vector asks for transparent huge pages") {
+    if (!test::huge_pages_available()) {
+        MESSAGE("skipped: this kernel has no transparent huge pages on request");
+        return;
+    }
+    const std::size_t n = std::size_t{16} << 20;
+    std::string bytes;
+    uvexec::detail::encode_into(bytes, std::string(n, 'a'), std::vector<std::int32_t>(n / 4, 7));
+    std::string s;
+    std::vector<std::int32_t> v;
+    uvexec::detail::decode_from(bytes, s, v);
+    REQUIRE(s.size() == n);
+    // "hg" in VmFlags: madvise(MADV_HUGEPAGE) covers the middle of the buffer.
+    CHECK(test::vm_flags_at(s.data() + n / 2).find(" hg") != std::string::npos);
+    CHECK(test::vm_flags_at(v.data() + v.size() / 2).find(" hg") != std::string::npos);
+    std::string small_bytes;
+    uvexec::detail::encode_into(small_bytes, std::string(1000, 'b'));
+    std::string small;
+    uvexec::detail::decode_from(small_bytes, small);
+    CHECK(small == std::string(1000, 'b'));
 }
 
 TEST_CASE("feeding a fresh frame decoder nothing is a no-op") {

@@ -43,6 +43,7 @@
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
 
+#include "uvexec/detail/frame.hpp"
 #include "uvexec/error.hpp"
 
 namespace uvexec::inline v0::detail {
@@ -60,13 +61,18 @@ public:
     void loadBinary(void* data, std::streamsize size) {
         auto n = static_cast<std::size_t>(size);
         if (n == 0) return;  // an empty vector's data() may be null, which memcpy may not get
+        std::memcpy(data, take(n).data(), n);
+    }
+    std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
+    /// The next n bytes where they lie (throws if fewer are left).
+    std::string_view take(std::size_t n) {
         if (n > bytes_.size() - pos_)
             throw cereal::Exception("truncated: " + std::to_string(n) + " bytes wanted, " +
                                     std::to_string(bytes_.size() - pos_) + " left");
-        std::memcpy(data, bytes_.data() + pos_, n);
+        auto v = bytes_.substr(pos_, n);
         pos_ += n;
+        return v;
     }
-    std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
 
 private:
     std::string_view bytes_;
@@ -103,6 +109,39 @@ inline void CEREAL_SERIALIZE_FUNCTION_NAME(bounded_input_archive& ar, cereal::Si
 template <class T>
 inline void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, cereal::BinaryData<T>& bd) {
     ar.loadBinary(bd.data, static_cast<std::streamsize>(bd.size));
+}
+
+/// A std::string is read with one copy into memory reserved for it (advised
+/// huge pages when large), where cereal's own load zero-fills it first: the
+/// common large payload's first touch is its only one.
+inline void CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, std::string& str) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    std::string_view bytes = ar.take(static_cast<std::size_t>(size));
+    str.clear();
+    reserve_large(str, bytes.size());
+    str.append(bytes);
+}
+
+/// A vector of numbers likewise (its length is checked against the bytes
+/// left before anything is allocated).
+template <class T, class A>
+inline std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>>
+CEREAL_LOAD_FUNCTION_NAME(bounded_input_archive& ar, std::vector<T, A>& vec) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    const auto n = static_cast<std::size_t>(size);
+    if (n > ar.remaining() / sizeof(T))
+        throw cereal::Exception("a vector of " + std::to_string(n) + " elements exceeds the " +
+                                std::to_string(ar.remaining()) + " bytes left");
+    std::string_view bytes = ar.take(n * sizeof(T));
+    vec.clear();
+    if (n > vec.capacity()) {
+        vec.reserve(n);
+        advise_huge_pages(vec.data(), vec.capacity() * sizeof(T));
+    }
+    vec.resize(n);
+    if (n > 0) std::memcpy(vec.data(), bytes.data(), bytes.size());
 }
 
 }  // namespace uvexec::detail

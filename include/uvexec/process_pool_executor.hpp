@@ -301,7 +301,8 @@ public:
         auto f = detail::make_future(detail::state_ptr<detail::future_state<R>>::adopt(item));
         item->call().stoppable = fn_t<F>::takes_stop_token;
         std::string& frame = item->call().frame;
-        frame.reserve(detail::frame_header_size + 16 + (std::size_t{0} + ... + detail::encoded_size_hint(args)));
+        detail::reserve_large(frame, detail::frame_header_size + 16 +
+                                         (std::size_t{0} + ... + detail::encoded_size_hint(args)));
         detail::append_frame_header(frame, detail::frame_kind::call, 0, 0);  // length and id patched later
         detail::put_u64(frame, id.key);
         detail::put_u64(frame, id.offset);

@@ -15,6 +15,7 @@ channel& channel_of(uv_handle_t* h) noexcept { return *static_cast<channel*>(h->
 void on_written(uv_write_t* req, int status) noexcept {
     auto& ch = *static_cast<channel*>(req->data);
     ch.writing = false;
+    trim_buffer(ch.out_writing, ch.out_writing.size());
     ch.out_writing.clear();
     if (status < 0) return;  // the worker is gone; its exit settles its calls
     flush(ch);

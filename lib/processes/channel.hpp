@@ -60,7 +60,10 @@ int open_channel(uv_loop_t* uv, channel& ch, int fd, channel_owner& owner, bool&
 /// Starts reading; 0 or a libuv error.
 int start_reading(channel& ch) noexcept;
 /// Queues a complete frame (throws std::bad_alloc, nothing queued then).
-inline void send_frame(channel& ch, std::string_view frame) { ch.out_pending.append(frame); }
+inline void send_frame(channel& ch, std::string_view frame) {
+    reserve_large(ch.out_pending, ch.out_pending.size() + frame.size());
+    ch.out_pending.append(frame);
+}
 /// Writes what is queued, unless a write is in flight (its callback flushes again).
 void flush(channel& ch) noexcept;
 /// Reads what the worker wrote before it died (libuv may report the exit

@@ -2,9 +2,12 @@
 #include "uvexec/detail/frame.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <utility>
+
+#include <sys/mman.h>
 
 #include <fmt/format.h>
 
@@ -16,6 +19,12 @@ std::uint32_t get_u32(const char* p) noexcept {
     for (int i = 0; i < 4; ++i) v |= std::uint32_t(static_cast<unsigned char>(p[i])) << (8 * i);
     return v;
 }
+
+/// An empty buffer larger than this is given back unless the last message
+/// took a quarter of it: a worker that once sent a large message does not keep
+/// its size in the parent, but a stream of large messages reuses one buffer
+/// (whose pages are already there) instead of growing a fresh one for each.
+constexpr std::size_t kept_capacity = 1u << 20;
 }  // namespace
 
 void put_u64(std::string& out, std::uint64_t v) {
@@ -28,6 +37,30 @@ std::uint64_t get_u64(const char* p) noexcept {
     std::uint64_t v = 0;
     for (int i = 0; i < 8; ++i) v |= std::uint64_t(static_cast<unsigned char>(p[i])) << (8 * i);
     return v;
+}
+
+void advise_huge_pages(void* p, std::size_t n) noexcept {
+#ifdef MADV_HUGEPAGE
+    constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
+    if (p == nullptr || n < huge_page_advice_threshold) return;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
+    const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(huge - 1);
+    // Errors (EINVAL without THP, say) are ignored: the advice is only a hint.
+    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+void reserve_large(std::string& s, std::size_t n) {
+    if (n <= s.capacity()) return;
+    s.reserve(n);
+    advise_huge_pages(s.data(), s.capacity());
+}
+
+void trim_buffer(std::string& s, std::size_t used) noexcept {
+    if (s.capacity() > kept_capacity && used < s.capacity() / 4) std::string().swap(s);
 }
 
 void put_frame_header(char* out, frame_kind kind, std::uint64_t id, std::size_t payload_size) noexcept {
@@ -52,7 +85,8 @@ frame_decoder::~frame_decoder() { ::operator delete(buf_); }
 
 frame_decoder::frame_decoder(frame_decoder&& o) noexcept
     : max_frame_(o.max_frame_), buf_(std::exchange(o.buf_, nullptr)), cap_(std::exchange(o.cap_, 0)),
-      begin_(std::exchange(o.begin_, 0)), end_(std::exchange(o.end_, 0)), moved_(o.moved_), corrupt_(o.corrupt_),
+      begin_(std::exchange(o.begin_, 0)), end_(std::exchange(o.end_, 0)), moved_(o.moved_),
+      last_frame_(o.last_frame_), corrupt_(o.corrupt_),
       error_(std::move(o.error_)) {}
 
 frame_decoder& frame_decoder::operator=(frame_decoder&& o) noexcept {
@@ -64,22 +98,18 @@ frame_decoder& frame_decoder::operator=(frame_decoder&& o) noexcept {
         begin_ = std::exchange(o.begin_, 0);
         end_ = std::exchange(o.end_, 0);
         moved_ = o.moved_;
+        last_frame_ = o.last_frame_;
         corrupt_ = o.corrupt_;
         error_ = std::move(o.error_);
     }
     return *this;
 }
 
-namespace {
-/// An empty buffer larger than this is given back: a worker that once sent a
-/// large message does not keep its size in the parent between messages.
-constexpr std::size_t kept_capacity = 1u << 20;
-}  // namespace
 
 char* frame_decoder::prepare(std::size_t& room, std::size_t min_room) {
     if (begin_ == end_) {
         begin_ = end_ = 0;  // everything consumed: start again at the front, no copy
-        if (cap_ > kept_capacity && min_room <= kept_capacity) {
+        if (cap_ > kept_capacity && min_room <= kept_capacity && last_frame_ < cap_ / 4) {
             ::operator delete(buf_);
             buf_ = nullptr;
             cap_ = 0;
@@ -114,6 +144,7 @@ void frame_decoder::grow(std::size_t min_room) {
     // it sees the buffer (also under ASan, whose operator new[] would not
     // forward to it), and running out of memory throws std::bad_alloc.
     auto* p = static_cast<char*>(::operator new(new_cap));
+    advise_huge_pages(p, new_cap);
     if (unread > 0) std::memcpy(p, buf_ + begin_, unread);
     ::operator delete(buf_);
     moved_ += unread;
@@ -153,6 +184,7 @@ frame_decoder::status frame_decoder::next(frame& f) {
     f.id = get_u64(p + 5);
     f.payload = std::string_view(p + frame_header_size, len - 9);
     begin_ += 4 + std::size_t(len);
+    last_frame_ = 4 + std::size_t(len);
     return status::frame;
 }
 

@@ -298,6 +298,7 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
     put_frame_header(out.data(), frame_kind::result, f.id, size);
     report_memory(fd, f.id);
     write_all(fd, out);
+    trim_buffer(out, out.size());  // kept for the next answer while answers are as large
 }
 
 void run_init(int fd, const frame& f, std::string& out, channel_reader& rd) {

@@ -50,6 +50,27 @@ void append_frame_header(std::string& out, frame_kind kind, std::uint64_t id, st
 void put_frame_header(char* out, frame_kind kind, std::uint64_t id, std::size_t payload_size) noexcept;
 
 void put_u64(std::string& out, std::uint64_t v);
+
+/// Buffers at least this large are advised to use transparent huge pages.
+inline constexpr std::size_t huge_page_advice_threshold = std::size_t{4} << 20;
+
+/// A large message's buffers (a frame, the decoder's buffer, a decoded
+/// string) are written once right after they are allocated, so what they cost
+/// is mostly their first touch: one page fault per 4 KiB, which on a virtual
+/// machine can cost more than copying the page (50 ms per fresh 16 MiB against
+/// 0.9 ms to rewrite them on the project's machine; docs/performance.md).
+/// Advises the kernel to back the whole 2 MiB pages inside [p, p + n) with
+/// transparent huge pages (madvise MADV_HUGEPAGE) when n is at least
+/// huge_page_advice_threshold; a hint only, which changes no byte and does
+/// nothing where the kernel has no such pages.
+void advise_huge_pages(void* p, std::size_t n) noexcept;
+/// s.reserve(n), advising huge pages for what it allocated (above).
+void reserve_large(std::string& s, std::size_t n);
+/// A buffer reused from message to message (the parent's write batch, a
+/// worker's answer) keeps its memory while the messages use a quarter of it,
+/// and gives back anything above 1 MiB otherwise: used is the size of the
+/// message it just carried.
+void trim_buffer(std::string& s, std::size_t used) noexcept;
 std::uint64_t get_u64(const char* p) noexcept;
 
 /// Incremental decoder of a frame stream.
@@ -62,7 +83,9 @@ std::uint64_t get_u64(const char* p) noexcept;
 /// constant number of times in all: no step is worse than linear in the size.
 /// Unread bytes move to the front only when the bytes already consumed paid
 /// for it (they are at most as many); a frame fully consumed empties the
-/// buffer, which keeps its capacity (at most max_frame + 4 + a read's room).
+/// buffer, which keeps its capacity (at most max_frame + 4 + a read's room)
+/// while the frames fill a quarter of it, and shrinks to nothing otherwise
+/// (a buffer of up to 1 MiB is always kept).
 class frame_decoder {
 public:
     explicit frame_decoder(std::size_t max_frame) noexcept : max_frame_(max_frame) {}
@@ -103,6 +126,7 @@ private:
     std::size_t cap_ = 0;
     std::size_t begin_ = 0, end_ = 0;
     std::size_t moved_ = 0;
+    std::size_t last_frame_ = 0;  // bytes of the last frame returned
     bool corrupt_ = false;
     std::string error_;
 };

@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "uvexec/codec.hpp"
+#include "uvexec/detail/frame.hpp"
 #include "uvexec/fn.hpp"
 
 namespace uvexec::inline v0::detail {
@@ -112,7 +113,7 @@ private:
             std::apply(call, args);
         } else {
             result_type r = std::apply(call, args);
-            out.reserve(out.size() + encoded_size_hint(r));
+            reserve_large(out, out.size() + encoded_size_hint(r));
             encode_into(out, r);
         }
     }
