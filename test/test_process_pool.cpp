@@ -116,6 +116,19 @@ std::size_t count_bytes(const std::vector<char>& v) {
 }
 std::vector<char> make_bytes(std::size_t n) { return std::vector<char>(n, 'y'); }
 std::string echo(std::string s) { return s; }
+/// n bytes of a pattern that shows any byte out of place.
+std::string pattern(std::size_t n) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 131 + i / 4096) & 0xff);
+    return s;
+}
+/// This process's peak resident memory (VmHWM), in KiB.
+long peak_rss_kib() {
+    std::ifstream f("/proc/self/status");
+    for (std::string line; std::getline(f, line);)
+        if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    return -1;
+}
 
 int init_value = 0;
 void init() { init_value = 42; }
@@ -259,9 +272,50 @@ TEST_CASE("payloads of tens of MiB cross both ways") {
     lp.run_until_complete(ex.shutdown());
 }
 
+TEST_CASE("string results on either side of the size written from where it lies arrive whole") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    const std::size_t t = uvexec::detail::answer_tail_threshold;
+    for (std::size_t n : {t - 1, t, t + 1, std::size_t{5} << 20, std::size_t{0}}) {
+        CAPTURE(n);
+        std::string got = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pattern>, n));
+        CHECK(got == work::pattern(n));
+        // And an echo: the same bytes out and back, then a small call behind it.
+        CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::echo>, got)) == got);
+        CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&remote::square>, 5)) == 25);
+    }
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a large string result is written from where it lies: the worker holds it once, not twice") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1}};
+    const long before = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::peak_rss_kib>));
+    REQUIRE(before > 0);
+    const std::size_t n = std::size_t{64} << 20;
+    std::string got = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pattern>, n));
+    CHECK(got.size() == n);
+    const long after = lp.run_until_complete(lp.run_in_executor(ex, fn<&work::peak_rss_kib>));
+    // The string (64 MiB) plus what a call costs; encoding it into the answer
+    // frame as well would take 64 MiB more.
+    CHECK(after - before < 96 * 1024);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a large string result over max_frame_size is refused with a clear error") {
+    uvexec::loop lp;
+    process_pool_executor ex{{.max_workers = 1, .max_frame_size = 1u << 20}};
+    auto f = lp.run_in_executor(ex, fn<&work::pattern>, std::size_t{2} << 20);
+    settle(lp, std::vector{f});
+    CHECK_THROWS_AS(f.result(), uvexec::remote_error);
+    CHECK(error_text(f).find("max_frame_size") != std::string::npos);
+    CHECK(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::pattern>, std::size_t{100})) == work::pattern(100));
+    lp.run_until_complete(ex.shutdown());
+}
+
 TEST_CASE("large and small calls pipelined to one worker arrive whole and in order") {
-    // Large call frames are written from the calls themselves, small ones
-    // copied into a batch: one write interleaves both.
+    // Large and small call frames go out in one write batch, and large
+    // results are written from where they lie: both interleave with small ones.
     uvexec::loop lp;
     process_pool_executor ex{{.max_workers = 1, .max_in_flight_per_worker = 8}};
     std::vector<std::string> args;

@@ -164,6 +164,10 @@ public:
 
     std::stop_token watch();
 
+    /// A large std::string result, written from where it lies behind the
+    /// answer's other bytes (remote.hpp's trampoline moves it here).
+    std::string tail;
+
 private:
     channel_reader& rd_;
     std::uint64_t id_;
@@ -281,16 +285,19 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
     }
     out.clear();
     out.resize(frame_header_size);  // patched below, once the result's size is known
+    std::string tail;
     try {
         call_context ctx(rd, f.id, stop_requested);
         fn(f.payload.substr(16), out, ctx);  // the arguments are decoded from the frame where it lies
+        tail = std::move(ctx.tail);
     } catch (...) {
         auto [type, what] = describe_exception(std::current_exception());
         answer_error(fd, out, frame_kind::error, f.id, type, what);
         return;
     }
-    const std::size_t size = out.size() - frame_header_size;
+    const std::size_t size = out.size() - frame_header_size + tail.size();
     if (size + 9 > max_frame) {
+        tail = std::string();
         answer_error(fd, out, frame_kind::error, f.id, "uvexec::message_too_large_error",
                      fmt::format("the result takes {} bytes, more than max_frame_size ({})", size, max_frame));
         return;
@@ -298,6 +305,7 @@ void run_call(int fd, std::size_t max_frame, const frame& f, std::string& out, c
     put_frame_header(out.data(), frame_kind::result, f.id, size);
     report_memory(fd, f.id);
     write_all(fd, out);
+    write_all(fd, tail);
     trim_buffer(out, out.size());  // kept for the next answer while answers are as large
 }
 
@@ -432,6 +440,8 @@ std::stop_token call_context::watch() {
 }
 
 std::stop_token watch_for_stop(call_context& ctx) { return ctx.watch(); }
+
+std::string& answer_tail(call_context& ctx) noexcept { return ctx.tail; }
 
 namespace {
 /// True when this process's argv[1] is the worker flag: it was started as a

@@ -39,6 +39,13 @@ class call_context;
 /// returns, the worker also listens for the parent's cancel frame.
 std::stop_token watch_for_stop(call_context& ctx);
 
+/// Where the trampoline moves a large std::string result: the worker writes
+/// the answer's other bytes, then the string from where it lies (no copy).
+std::string& answer_tail(call_context& ctx) noexcept;
+
+/// A std::string result at least this large is written from where it lies.
+inline constexpr std::size_t answer_tail_threshold = 64 * 1024;
+
 /// Runs a registered function: decodes the arguments, calls, appends the
 /// result's archive to result (the worker's answer frame, behind its header).
 using trampoline_fn = void (*)(std::string_view args, std::string& result, call_context& ctx);
@@ -113,6 +120,14 @@ private:
             std::apply(call, args);
         } else {
             result_type r = std::apply(call, args);
+            if constexpr (std::is_same_v<result_type, std::string>) {
+                if (r.size() >= answer_tail_threshold) {
+                    // cereal's archive of a string is its u64 length, then its bytes.
+                    encode_into(out, static_cast<std::uint64_t>(r.size()));
+                    answer_tail(ctx) = std::move(r);
+                    return;
+                }
+            }
             reserve_large(out, out.size() + encoded_size_hint(r));
             encode_into(out, r);
         }
