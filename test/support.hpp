@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -57,6 +58,17 @@ bool eventually(Pred pred) {
         std::this_thread::sleep_for(1ms);
     }
     return true;
+}
+
+/// True when pid does not exist or is a zombie that is not ours (a process
+/// that has exited, whoever its parent is).
+inline bool gone(int pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    if (!stat) return true;
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
 }
 
 namespace detail {
