@@ -271,6 +271,25 @@ TEST_CASE("a launcher applies to the fork server's exec: taskset pins every fork
     lp.run_until_complete(ex.shutdown());
 }
 
+TEST_CASE("a worker program whose main forgot worker_main breaks a forkserver pool, saying so") {
+    uvexec::loop lp;
+    auto opts = forkserver_options(2);
+    opts.worker_executable = UVEXEC_TEST_FORGETFUL_EXE;
+    process_pool_executor ex{std::move(opts)};
+    auto f = lp.run_in_executor(ex, fn<&my_pid>);
+    settle(lp, std::vector{f});
+    CHECK_THROWS_AS(f.result(), uvexec::broken_executor_error);
+    try {
+        f.result();
+    } catch (const std::exception& e) {
+        const std::string text = e.what();
+        CHECK(text.find("fork server") != std::string::npos);
+        CHECK(text.find("worker_main") != std::string::npos);
+        CHECK(text.find("status 121") != std::string::npos);
+    }
+    lp.run_until_complete(ex.shutdown());
+}
+
 TEST_CASE("start_method forkserver with stdio_channel is refused, naming both") {
     auto opts = forkserver_options(1);
     opts.stdio_channel = true;

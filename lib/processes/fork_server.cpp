@@ -43,6 +43,7 @@ public:
     std::exception_ptr fork(const std::string& name, int child_end, std::chrono::milliseconds timeout, child_watch& w,
                             int& pid) noexcept;
     bool usable() const noexcept { return alive_ && control_ >= 0; }
+    bool unserved() const noexcept { return unserved_; }
     void release() noexcept {
         close_control();
         hold_child(self_, true);  // its exit is due
@@ -168,6 +169,7 @@ private:
     bool alive_ = false;
     bool report_open_ = false;
     bool attached_ = false;
+    mutable bool unserved_ = false;  // it exited 121: its main() did not call worker_main first
 };
 
 fd_message::fd_message(void* data, std::size_t size) noexcept : iov{data, size} {
@@ -301,6 +303,7 @@ std::string fork_server::describe_exit() const {
         return "it closed its control socket";
     if (si.si_code == CLD_EXITED) {
         std::string how = fmt::format("it exited with status {}", si.si_status);
+        if (si.si_status == unserved_worker_status) unserved_ = true;
         if (si.si_status == unserved_worker_status)
             how += ": it was started as a fork server but its main() did not call uvexec::worker_main(argc, argv) first";
         return how;
@@ -315,7 +318,7 @@ std::exception_ptr fork_server::fork(const std::string& name, int child_end, std
     auto broken = [&](auto&& why) {
         close_control();  // this server forks no more workers; it exits at EOF
         return error_ptr([&] {
-            return uv_error(UV_EPIPE, fmt::format("the fork server ({}) cannot start a worker: {}", server_pid, why()));
+            return error(fmt::format("uvexec: the fork server ({}) cannot start a worker: {}", server_pid, why()));
         });
     };
     if (!usable()) return broken([] { return std::string("it is gone"); });
@@ -356,7 +359,8 @@ std::exception_ptr fork_server::fork(const std::string& name, int child_end, std
     const int pidfd = answer.received();
     if (n != static_cast<ssize_t>(sizeof m)) {
         if (pidfd >= 0) ::close(pidfd);
-        return broken([&] { return n == 0 ? describe_exit() : std::string("it sent a malformed answer"); });
+        // n < 0: ECONNRESET when it exited with a request unread.
+        return broken([&] { return n <= 0 ? describe_exit() : std::string("it sent a malformed answer"); });
     }
     if (m.kind != fork_message::forked || pidfd < 0) {
         if (pidfd >= 0) ::close(pidfd);
@@ -402,6 +406,7 @@ std::exception_ptr start_fork_server(loop_core& lp, std::vector<std::string>& ar
 }
 
 bool fork_server_usable(const fork_server& s) noexcept { return s.usable(); }
+bool fork_server_unserved(const fork_server& s) noexcept { return s.unserved(); }
 
 std::exception_ptr fork_worker(fork_server& s, const std::string& name, int child_end, std::chrono::milliseconds timeout,
                                child_watch& w, int& pid) noexcept {

@@ -79,6 +79,9 @@ std::exception_ptr start_fork_server(loop_core& lp, std::vector<std::string>& ar
                                      fork_server*& s) noexcept;
 /// Whether s can fork workers (its process runs and answers).
 bool fork_server_usable(const fork_server& s) noexcept;
+/// Whether s exited with status 121 (its main() did not call worker_main
+/// first): every fork server of the program would.
+bool fork_server_unserved(const fork_server& s) noexcept;
 /// Forks a worker named name whose channel end is child_end (left open for
 /// the caller to close), waiting at most timeout for the answer; then w is
 /// watched through the worker's pidfd and pid set. Null, or the error (and

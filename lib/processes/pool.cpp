@@ -329,7 +329,18 @@ std::exception_ptr process_pool_core::fork_from_server(worker_process& w, int ch
         release_fork_server(std::exchange(fork_server_, nullptr));
     if (fork_server_ == nullptr)
         if (auto e = start_fork_server(*loop_, fork_server_args_, spawn_env_, fork_server_)) return e;
-    return fork_worker(*fork_server_, w.name, child_end, opts_.startup_timeout, w.watch, pid);
+    auto e = fork_worker(*fork_server_, w.name, child_end, opts_.startup_timeout, w.watch, pid);
+    if (e && fork_server_unserved(*fork_server_)) {
+        // As for a spawned worker that forgot worker_main: every start would fail the same way.
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+            break_pool(x.what());
+        } catch (...) {
+            break_pool("the fork server failed to start");
+        }
+    }
+    return e;
 }
 
 void process_pool_core::send_head(worker_process& w, std::uint64_t now) noexcept {
