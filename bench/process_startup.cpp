@@ -3,7 +3,9 @@
 // submitted at once, so each goes to its own new worker), against starting 3
 // bare echo children of the same executable (posix_spawn + socketpair, see
 // bare_pipe.hpp) and one round trip with each. Reports the median time until
-// the last of the three answers.
+// the last of the three answers, for each start method (posix_spawn of each
+// worker, and forking each from a fork server, whose own start is part of the
+// time) in the same run.
 //
 // --heap-mb N first fills N MiB of the parent's heap, as a large server's would
 // be: workers are started from a process that size (fork copies its page
@@ -24,7 +26,8 @@ namespace {
 
 constexpr std::string_view usage =
     "process_startup [--reps 5] [--workers 3] [--heap-mb 0]\n"
-    "  Time from constructing a process_pool_executor of W workers to the first result of each,\n"
+    "  Time from constructing a process_pool_executor of W workers to the first result of each\n"
+    "  (with each start method, spawn and forkserver),\n"
     "  against spawning W bare echo children and a round trip with each, from a parent\n"
     "  whose heap holds N MiB of touched memory.";
 
@@ -51,11 +54,11 @@ uvexec::task<void> first_results(uvexec::loop& lp, uvexec::process_pool_executor
     out.distinct = pids.size();
 }
 
-startup_times run_uvexec(long w) {
+startup_times run_uvexec(long w, uvexec::process_start_method method) {
     startup_times t;
     uvexec::loop lp;
     auto t0 = bench::clock::now();
-    uvexec::process_pool_executor ex{{.max_workers = static_cast<int>(w)}};
+    uvexec::process_pool_executor ex{{.max_workers = static_cast<int>(w), .start_method = method}};
     lp.run_until_complete(first_results(lp, ex, w, t0, t));
     lp.run_until_complete(ex.shutdown());
     if (t.distinct != static_cast<std::size_t>(w))
@@ -91,18 +94,28 @@ int main(int argc, char** argv) {
     std::memset(heap.get(), 1, heap_bytes);  // resident, not just reserved
     fmt::print("process_startup: workers={} reps={} parent heap={} MiB\n", w, reps, heap_mb);
 
-    (void)run_uvexec(w);  // warm the page cache and the dynamic loader
+    using method = uvexec::process_start_method;
+    (void)run_uvexec(w, method::spawn);  // warm the page cache and the dynamic loader
+    (void)run_uvexec(w, method::forkserver);
     (void)run_bare(w);
-    std::vector<double> first, last, b;
+    std::vector<double> first, last, ffirst, flast, b;
     for (long i = 0; i < reps; ++i) {
-        auto t = run_uvexec(w);
+        auto t = run_uvexec(w, method::spawn);
         first.push_back(t.first_ms);
         last.push_back(t.last_ms);
+        auto f = run_uvexec(w, method::forkserver);
+        ffirst.push_back(f.first_ms);
+        flast.push_back(f.last_ms);
         b.push_back(run_bare(w));
     }
-    fmt::print("  uvexec first result ms: {}\n  uvexec all {} results ms: {}\n  bare all {} pongs ms: {}\n",
-               bench::join(first, "{:.2f}"), w, bench::join(last, "{:.2f}"), w, bench::join(b, "{:.2f}"));
+    fmt::print("  spawn: uvexec first result ms: {}\n  spawn: uvexec all {} results ms: {}\n"
+               "  forkserver: uvexec first result ms: {}\n  forkserver: uvexec all {} results ms: {}\n"
+               "  bare all {} pongs ms: {}\n",
+               bench::join(first, "{:.2f}"), w, bench::join(last, "{:.2f}"), bench::join(ffirst, "{:.2f}"), w,
+               bench::join(flast, "{:.2f}"), w, bench::join(b, "{:.2f}"));
     const std::string name = heap_mb > 0 ? fmt::format("process_startup_{}mib_parent", heap_mb) : "process_startup";
     bench::report(name, "ms", bench::median(last), bench::median(b), "bare spawn + ping",
-                  "(construct pool -> first result of every worker)");
+                  "(start_method spawn: construct pool -> first result of every worker)");
+    bench::report(name + "_forkserver", "ms", bench::median(flast), bench::median(b), "bare spawn + ping",
+                  "(start_method forkserver: construct pool -> first result of every worker)");
 }

@@ -48,8 +48,12 @@ uvexec::task<void> run_blocking_tasks(uvexec::loop& loop, Executor& executor) {
 
 int main(int argc, char** argv) {
     uvexec::worker_main(argc, argv);  // serves as a worker when started as one
-    // Create a limited process pool.
-    uvexec::process_pool_executor executor{{.max_workers = 3}};
+    // Create a limited process pool. `executor_process --forkserver` forks its
+    // workers from a fork server (Python: mp_context=get_context("forkserver")).
+    const bool forkserver = argc > 1 && std::string_view(argv[1]) == "--forkserver";
+    uvexec::process_pool_executor executor{
+        {.max_workers = 3,
+         .start_method = forkserver ? uvexec::process_start_method::forkserver : uvexec::process_start_method::spawn}};
     uvexec::loop event_loop;
     event_loop.run_until_complete(run_blocking_tasks(event_loop, executor));
 }

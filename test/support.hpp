@@ -87,6 +87,17 @@ bool eventually(Pred pred) {
     return true;
 }
 
+/// True when pid does not exist or is a zombie that is not ours (a process
+/// that has exited, whoever its parent is).
+inline bool gone(int pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    if (!stat) return true;
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+}
+
 namespace detail {
 template <class T>
 uvexec::task<void> wait_all(std::vector<uvexec::future<T>> fs) {

@@ -83,6 +83,25 @@ struct worker_limits {
     std::optional<std::chrono::seconds> cpu_time{};
 };
 
+/// How a process pool starts its workers (Python: the multiprocessing start
+/// method, `mp_context=multiprocessing.get_context(...)`).
+enum class process_start_method {
+    /// Each worker is a posix_spawn (an exec) of the worker program, which
+    /// runs the program's static initializers and then worker_main. Python: "spawn".
+    spawn,
+    /// The pool spawns the worker program once, as a small single-threaded
+    /// fork server that has run nothing of main but worker_main, and each
+    /// worker is a fork of it: no exec, no dynamic linking per worker. Workers
+    /// are the fork server's children; the pool watches each through a pidfd
+    /// and learns its wait status from the fork server. A killed fork server is
+    /// replaced at the next worker start; its workers serve on. Python:
+    /// "forkserver". Not with stdio_channel (std::invalid_argument); a
+    /// launcher applies to the fork server's one exec and must exec the
+    /// program on this machine (taskset, nice, numactl). See
+    /// docs/process-pool.md, "Start methods".
+    forkserver,
+};
+
 /// Options of a process_pool_executor.
 struct process_pool_options {
     /// Worker processes at most; unset means the number of CPUs. Below 1 throws
@@ -107,6 +126,10 @@ struct process_pool_options {
     /// 3, for launchers that forward only stdio (ssh). worker_main then points
     /// the worker's stdout at its stderr, so its prints still reach the terminal.
     bool stdio_channel = false;
+    /// How workers are started: posix_spawn each (the default), or fork each
+    /// from a fork server (process_start_method::forkserver). Python:
+    /// mp_context=multiprocessing.get_context("forkserver").
+    process_start_method start_method{process_start_method::spawn};
     /// The largest frame either side accepts (a call's arguments or a result,
     /// plus 21 bytes). A larger message fails with message_too_large_error; a
     /// corrupt length never makes either side allocate more.

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "../error_ptr.hpp"
+#include "fork_server.hpp"
 #include "spawn.hpp"
 #include "uvexec/detail/worker.hpp"
 #include "worker_limits.hpp"
@@ -116,9 +117,25 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
     if (opts_.limits.cpu_time && opts_.limits.cpu_time->count() <= 0)
         throw std::invalid_argument("uvexec::process_pool_executor: limits.cpu_time must be positive (unset: none)");
     if (auto spec = limits_of(opts_); spec.any()) limits_word_ = limits_word(spec);
+    if (opts_.start_method == process_start_method::forkserver) {
+        // Its workers' channels cross a Unix socket and its workers are
+        // watched through pidfds: it must run on this machine, with the
+        // channel on a descriptor.
+        if (opts_.stdio_channel)
+            throw std::invalid_argument(
+                "uvexec::process_pool_executor: start_method forkserver cannot be used with stdio_channel (a fork "
+                "server passes each worker's channel as a descriptor, which a launcher that forwards only stdio "
+                "cannot carry); use start_method spawn");
+        fork_server_args_ = opts_.launcher;
+        fork_server_args_.push_back(exe);
+        fork_server_args_.push_back(fork_server_flag);
+        fork_server_args_.push_back(std::to_string(opts_.max_frame_size));
+        fork_server_args_.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
+        if (!limits_word_.empty()) fork_server_args_.push_back(limits_word_);
+    }
 }
 
-process_pool_core::~process_pool_core() = default;
+process_pool_core::~process_pool_core() { release_fork_server(std::exchange(fork_server_, nullptr)); }
 
 void process_pool_core::accept(loop_core& lp) {
     bind(lp);
@@ -282,24 +299,48 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         spawn_error_ = std::move(e);
         return nullptr;
     }
-    if (auto e = open_worker(*w, *loop_, ends[0])) {  // on failure w is closed (or freed) and ends[0] closed
+    const bool forked = opts_.start_method == process_start_method::forkserver;
+    if (auto e = open_worker(*w, *loop_, ends[0], forked)) {  // on failure w is closed (or freed) and ends[0] closed
         ::close(ends[1]);
         spawn_error_ = std::move(e);
         return nullptr;
     }
     int pid = 0;
-    auto e = spawn_worker_process(args, spawn_env_, ends[1], opts_.stdio_channel, pid);
+    auto e = forked ? fork_from_server(*w, ends[1], pid)
+                    : spawn_worker_process(args, spawn_env_, ends[1], opts_.stdio_channel, pid);
     ::close(ends[1]);
     if (e) {
         abandon_worker(*w);
         spawn_error_ = std::move(e);
         return nullptr;
     }
+    if (forked) hold_child(w->watch, true);  // its hello is due
     worker_started(*w, pid);
     ++recorder_.counters().starts;
     slots_[slot] = w;
     ++live_workers_;
     return w;
+}
+
+std::exception_ptr process_pool_core::fork_from_server(worker_process& w, int child_end, int& pid) noexcept {
+    // A fork server that died (or stopped answering) is let go of; its
+    // workers serve on, watched through their pidfds. A new one starts.
+    if (fork_server_ != nullptr && !fork_server_usable(*fork_server_))
+        release_fork_server(std::exchange(fork_server_, nullptr));
+    if (fork_server_ == nullptr)
+        if (auto e = start_fork_server(*loop_, fork_server_args_, spawn_env_, fork_server_)) return e;
+    auto e = fork_worker(*fork_server_, w.name, child_end, opts_.startup_timeout, w.watch, pid);
+    if (e && fork_server_unserved(*fork_server_)) {
+        // As for a spawned worker that forgot worker_main: every start would fail the same way.
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+            break_pool(x.what());
+        } catch (...) {
+            break_pool("the fork server failed to start");
+        }
+    }
+    return e;
 }
 
 void process_pool_core::send_head(worker_process& w, std::uint64_t now) noexcept {
@@ -480,6 +521,9 @@ void process_pool_core::settle() noexcept {
         for (auto* w : slots_)
             if (w) retire_worker(*w);
     if (live_workers_ != 0 || in_flight_ != 0 || queued_count_ != 0) return;
+    // No worker left to fork for a pool that takes no more calls: the fork
+    // server exits (it is reaped by the loop's reaper, on its own).
+    if (shut_down_ || broken_) release_fork_server(std::exchange(fork_server_, nullptr));
     // A waiter that runs here may call shutdown() again (its future joins the
     // list) or submit (then the pool is no longer idle): look again.
     while (!shutdown_waiters_.empty() && live_workers_ == 0 && in_flight_ == 0 && queued_count_ == 0 &&
@@ -520,6 +564,7 @@ void process_pool_core::on_loop_closing() noexcept {
         }
         kill_worker(*w, "its loop was closed");
     }
+    release_fork_server(std::exchange(fork_server_, nullptr));  // killed by its own loop client
     --busy_;
 }
 

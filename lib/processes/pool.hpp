@@ -35,6 +35,7 @@
 namespace uvexec::inline v0::detail {
 
 struct worker_process;
+class fork_server;
 
 class process_pool_core final : public loop_client {
 public:
@@ -127,6 +128,8 @@ private:
     ~process_pool_core();
     /// Starts a worker in slot; null (spawn_error_ says why) if it fails.
     worker_process* spawn_worker(std::size_t slot) noexcept;
+    /// Asks the fork server (started now if there is none that works) for w's process.
+    std::exception_ptr fork_from_server(worker_process& w, int child_end, int& pid) noexcept;
     /// Sends the head of the queue to w.
     void send_head(worker_process& w, std::uint64_t now) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
@@ -152,6 +155,8 @@ private:
     std::string prefix_;
     std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
     std::vector<std::string> spawn_env_;
+    std::vector<std::string> fork_server_args_;  // launcher..., exe, fork server flags (start_method forkserver)
+    fork_server* fork_server_ = nullptr;          // the pool's current fork server, if it has one
     std::string limits_word_;             // the workers' limits (worker_limits.hpp); empty: none
     bool names_only_ = false;             // the workers are another executable: only names match
     loop_core* loop_ = nullptr;

@@ -6,6 +6,7 @@
 
 #include <sys/wait.h>
 
+#include "fork_server.hpp"
 #include "uvexec/detail/handle.hpp"
 
 namespace uvexec::inline v0::detail {
@@ -121,11 +122,18 @@ int watch_child(loop_core& lp, child_watch& w) noexcept {
 }
 
 void unwatch_child(child_watch& w) noexcept {
-    if (w.owner) w.owner->remove(w);
+    if (w.forked) unwatch_forked(w);
+    else if (w.owner) w.owner->remove(w);
 }
 
 void hold_child(child_watch& w, bool hold) noexcept {
-    if (w.owner) w.owner->hold(w, hold);
+    if (w.forked) hold_forked(w, hold);
+    else if (w.owner) w.owner->hold(w, hold);
+}
+
+void signal_child(child_watch& w, int sig) noexcept {
+    if (w.forked) signal_forked(w, sig);
+    else if (w.pid > 0) ::kill(w.pid, sig);
 }
 
 }  // namespace uvexec::detail

@@ -23,6 +23,7 @@
 namespace uvexec::inline v0::detail {
 
 class reaper;
+struct forked_watch;
 
 /// One child as its reaper sees it; embedded in its owner (a worker).
 struct child_watch {
@@ -34,7 +35,10 @@ struct child_watch {
     /// The owner's, as libuv's handle.data.
     void* data = nullptr;
 
-    // The reaper's.
+    // The reaper's; or, for a worker forked by a fork server, its pidfd
+    // watch (fork_server.hpp), which the functions below defer to.
+    forked_watch* forked = nullptr;
+    bool via_fork_server = false;  // it was forked by a fork server (kept after its exit)
     reaper* owner = nullptr;
     child_watch* prev = nullptr;
     child_watch* next = nullptr;
@@ -48,5 +52,8 @@ int watch_child(loop_core& lp, child_watch& w) noexcept;
 void unwatch_child(child_watch& w) noexcept;
 /// Whether w's exit keeps the loop running (a busy, starting or exiting worker).
 void hold_child(child_watch& w, bool hold) noexcept;
+/// Sends sig to w's child, which must not have been reported (through its
+/// pidfd for a worker forked by a fork server).
+void signal_child(child_watch& w, int sig) noexcept;
 
 }  // namespace uvexec::detail

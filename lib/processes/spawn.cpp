@@ -46,8 +46,12 @@ std::exception_ptr make_channel(int (&ends)[2]) noexcept {
     return nullptr;
 }
 
-std::exception_ptr spawn_worker_process(std::vector<std::string>& args, std::vector<std::string>& env,
-                                        int child_end, bool stdio_channel, int& pid) noexcept {
+namespace {
+
+/// posix_spawnp of args with env: each fds[i] on descriptor targets[i] (or, for
+/// stdio_channel, the one fd on 0 and 1), /dev/null on stdin otherwise.
+std::exception_ptr spawn_with(std::vector<std::string>& args, std::vector<std::string>& env, const int* fds,
+                              const int* targets, int n, bool stdio_channel, const char* what, int& pid) noexcept {
     std::vector<char*> argv, envp;
     try {
         argv.reserve(args.size() + 1);
@@ -71,19 +75,34 @@ std::exception_ptr spawn_worker_process(std::vector<std::string>& args, std::vec
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     if (stdio_channel) {
-        posix_spawn_file_actions_adddup2(&actions, child_end, 0);
-        posix_spawn_file_actions_adddup2(&actions, child_end, 1);
+        posix_spawn_file_actions_adddup2(&actions, fds[0], 0);
+        posix_spawn_file_actions_adddup2(&actions, fds[0], 1);
     } else {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-        posix_spawn_file_actions_adddup2(&actions, child_end, channel_fd);
+        for (int i = 0; i < n; ++i) posix_spawn_file_actions_adddup2(&actions, fds[i], targets[i]);
     }
     pid_t child = 0;
     int r = ::posix_spawnp(&child, argv[0], &actions, &attr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
-    if (r != 0) return error_ptr([&] { return uv_error(-r, fmt::format("posix_spawn of worker '{}'", argv[0])); });
+    if (r != 0) return error_ptr([&] { return uv_error(-r, fmt::format("posix_spawn of {} '{}'", what, argv[0])); });
     pid = child;
     return nullptr;
+}
+
+}  // namespace
+
+std::exception_ptr spawn_worker_process(std::vector<std::string>& args, std::vector<std::string>& env,
+                                        int child_end, bool stdio_channel, int& pid) noexcept {
+    const int target = channel_fd;
+    return spawn_with(args, env, &child_end, &target, 1, stdio_channel, "worker", pid);
+}
+
+std::exception_ptr spawn_fork_server_process(std::vector<std::string>& args, std::vector<std::string>& env,
+                                             int control_end, int report_end, int& pid) noexcept {
+    const int fds[2] = {control_end, report_end};
+    const int targets[2] = {3, 4};
+    return spawn_with(args, env, fds, targets, 2, false, "the fork server", pid);
 }
 
 }  // namespace uvexec::detail

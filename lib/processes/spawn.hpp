@@ -23,4 +23,10 @@ std::exception_ptr make_channel(int (&ends)[2]) noexcept;
 std::exception_ptr spawn_worker_process(std::vector<std::string>& args, std::vector<std::string>& env,
                                         int child_end, bool stdio_channel, int& pid) noexcept;
 
+/// Starts a fork server (fork_server.hpp): args[0] with args and env, its
+/// control socket end on descriptor 3 and its report socket end on 4 (both
+/// must be above 4), /dev/null on stdin. Null and pid set, or the error.
+std::exception_ptr spawn_fork_server_process(std::vector<std::string>& args, std::vector<std::string>& env,
+                                             int control_end, int report_end, int& pid) noexcept;
+
 }  // namespace uvexec::detail

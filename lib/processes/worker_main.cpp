@@ -46,6 +46,7 @@
 #include "uvexec/detail/remote.hpp"
 #include "uvexec/process_pool_executor.hpp"
 #include "uvexec/this_worker.hpp"
+#include "fork_server.hpp"
 #include "worker_limits.hpp"
 
 namespace uvexec::inline v0 {
@@ -463,7 +464,8 @@ bool started_as_worker() noexcept {
     ::close(fd);
     buf[n] = '\0';
     std::size_t first = std::strlen(buf);  // argv[0], then its NUL
-    return first + 1 < n && std::strcmp(buf + first + 1, worker_flag) == 0;
+    return first + 1 < n &&
+           (std::strcmp(buf + first + 1, worker_flag) == 0 || std::strcmp(buf + first + 1, fork_server_flag) == 0);
 }
 }  // namespace
 
@@ -485,6 +487,16 @@ bool in_process_worker() noexcept { return in_worker; }
 
 void worker_main(int argc, char** argv) {
     using namespace detail;
+    if (argc >= 2 && std::string_view(argv[1]) == fork_server_flag) {
+        // A fork server (fork_server_main.cpp): returns only in a worker it
+        // forked, with that worker's command line.
+        static std::vector<std::string> args = serve_forks(argc, argv);
+        static std::vector<char*> worker_argv;
+        for (auto& a : args) worker_argv.push_back(a.data());
+        worker_argv.push_back(nullptr);
+        worker_main(static_cast<int>(args.size()), worker_argv.data());
+        return;  // not reached: a worker serves until it exits
+    }
     if (argc < 2 || std::string_view(argv[1]) != worker_flag) return;
     if (argc < 6) die(2, "worker_main: malformed worker command line");
     std::size_t max_frame = std::strtoull(argv[2], nullptr, 10);
@@ -493,7 +505,8 @@ void worker_main(int argc, char** argv) {
     in_worker = true;
 
 #ifdef __linux__
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // parent -1: forked by a fork server, which kills it when the pool goes.
+    if (parent >= 0) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
     // The parent may have died before prctl: then we were re-parented.
     if (parent > 0 && ::getppid() != parent) die(0, "the parent is gone; exiting");

@@ -32,6 +32,7 @@ std::string signal_name(int sig) {
 std::string exit_description(const worker_process& w) {
     std::string how = w.term_signal != 0
                           ? fmt::format("killed by signal {} ({})", w.term_signal, signal_name(w.term_signal))
+                      : w.exit_status == -2 ? std::string("its exit status is unknown: the fork server that started it is gone")
                       : w.exit_status < 0 ? std::string("reaped by another waitpid() in this process, status unknown")
                                           : fmt::format("exited with status {}", w.exit_status);
     if (w.term_signal == 0 && w.exit_status == unserved_worker_status)
@@ -278,7 +279,7 @@ void on_exit(child_watch& watch, int status, bool status_lost) noexcept {
     guard g(*w.pool);
     w.exited = true;
     if (status_lost) {
-        w.exit_status = -1;
+        w.exit_status = watch.via_fork_server ? -2 : -1;
     } else if (WIFSIGNALED(status)) {
         w.term_signal = WTERMSIG(status);
     } else {
@@ -349,7 +350,7 @@ void worker_process::on_channel_write_failed() noexcept { kill_worker(*this, "it
 
 // --- its life ----------------------------------------------------------------------
 
-std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd) noexcept {
+std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd, bool forked) noexcept {
     uv_loop_t* uv = lp.uv();
     bool opened = false;
     int r = open_channel(uv, w.ch, fd, w, opened);
@@ -363,9 +364,11 @@ std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd) noexcep
     uv_timer_init(uv, &w.timer);  // cannot fail
     w.timer.data = &w;
     ++w.open_handles;
-    // Watching SIGCHLD before the child exists: no exit can go unseen.
+    // Watching SIGCHLD before the child exists: no exit can go unseen. A
+    // worker forked by a fork server is watched by fork_worker instead.
     w.watch.on_exit = &on_exit;
     w.watch.data = &w;
+    if (forked) return nullptr;
     if (r = watch_child(lp, w.watch); r != 0) {
         close_once(w, pipe_bit);
         close_once(w, timer_bit);
@@ -445,7 +448,7 @@ void kill_worker_now(worker_process& w) noexcept {
     // Safe from pid reuse: only the reaper reaps it, and it has not
     // (w.exited is false), so the pid is still this worker's, even as a
     // zombie (unless a waitpid(-1) in the host took it: docs/process-pool.md, Signals).
-    ::kill(w.pid, SIGKILL);
+    signal_child(w.watch, SIGKILL);
 }
 
 void ask_to_stop(worker_process& w, const process_call& c) noexcept {
@@ -479,7 +482,7 @@ void stop_worker(worker_process& w, int sig, const char* who) noexcept {
     w.cancel_timer = false;
     w.killed = true;
     hold_loop(w, true);                   // its exit is due
-    ::kill(w.pid, sig);
+    signal_child(w.watch, sig);
     if (sig != SIGKILL) {
         // A worker may handle SIGTERM: its channel's end tells it to exit too,
         // and past the grace period it is killed.

@@ -48,7 +48,7 @@ struct worker_process final : channel_owner {
     bool said_hello = false;
     bool exited = false;
     bool killed = false;           // uvexec sent it a signal (stats: a death by our hand)
-    std::int64_t exit_status = 0;  // -1: reaped by another waitpid() in the process, status lost
+    std::int64_t exit_status = 0;  // -1: reaped by another waitpid() in the process, -2: its fork server is gone; status lost
     int term_signal = 0;
     std::string fault;  // why the pool killed it, if it did
     int open_handles = 0;
@@ -78,9 +78,10 @@ struct worker_process final : channel_owner {
     void on_channel_write_failed() noexcept override;
 };
 
-/// Opens w's channel on fd, watches its child and arms its start-up deadline
-/// (before the child exists); null, or the error (w is then closing).
-std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd) noexcept;
+/// Opens w's channel on fd and watches its child (before the child exists;
+/// unless forked: then fork_worker watches it); null, or the error (w is
+/// then closing).
+std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd, bool forked = false) noexcept;
 /// The child is started: reading begins.
 void worker_started(worker_process& w, int pid) noexcept;
 /// Closes what open_worker opened, after a failed spawn.

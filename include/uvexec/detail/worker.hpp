@@ -8,8 +8,13 @@
 namespace uvexec::inline v0::detail {
 
 /// argv[1] of a worker process; the rest: max frame size, worker name,
-/// parent pid (0 if unknown), channel ("3", or "stdio" for stdin+stdout).
+/// parent pid (0 if unknown, -1 when forked by a fork server: no
+/// PR_SET_PDEATHSIG), channel ("3", or "stdio" for stdin+stdout).
 inline constexpr const char* worker_flag = "--uvexec-worker";
+/// argv[1] of a fork server (process_start_method::forkserver); the rest:
+/// max frame size, parent pid (0 if unknown), the workers' limits (optional).
+/// Its control socket is descriptor 3, its report socket descriptor 4.
+inline constexpr const char* fork_server_flag = "--uvexec-fork-server";
 /// The worker's end of its channel.
 inline constexpr int channel_fd = 3;
 /// Exit status of a worker whose main() used uvexec without calling worker_main.
