@@ -20,6 +20,20 @@ namespace test {
 
 using namespace std::chrono_literals;
 
+/// Built with AddressSanitizer or ThreadSanitizer, whose runtimes change what
+/// memory a process maps and keeps (shadow memory, a quarantine of freed blocks).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr bool sanitized = true;
+#else
+inline constexpr bool sanitized = false;
+#endif
+#else
+inline constexpr bool sanitized = false;
+#endif
+
 /// Whether the kernel gives transparent huge pages to memory that asks for
 /// them (THP "always" or "madvise").
 inline bool huge_pages_available() {

@@ -53,21 +53,6 @@ int spin() {
 
 }  // namespace work
 
-namespace {
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool sanitized = true;  // their runtimes reserve terabytes of address space
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
-
-}  // namespace
 
 TEST_SUITE("process_lifetime") {
 
@@ -183,7 +168,7 @@ TEST_CASE("max_worker_memory: a call pipelined behind the one that grew is not l
 }
 
 TEST_CASE("limits.address_space: an allocation past it is std::bad_alloc in the caller, and the worker serves on") {
-    if (sanitized) {
+    if (test::sanitized) {  // their runtimes reserve terabytes of address space
         MESSAGE("skipped: sanitizer runtimes reserve more address space than any such limit");
         return;
     }
