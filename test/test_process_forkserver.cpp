@@ -14,7 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <uv.h>
 
 #include "fault_load.hpp"
 
@@ -99,6 +104,75 @@ void forked_default_signals() {
 
 uvexec::process_pool_options forkserver_options(int workers) {
     return {.max_workers = workers, .start_method = process_start_method::forkserver};
+}
+
+/// A FIFO that holds a fork server before its exec: as its launcher, a shell
+/// reads a line from it, then execs the fork server. release() writes lines.
+struct gate {
+    explicit gate(const std::string& what) : path(scratch("gate-" + what)) {
+        std::filesystem::remove(path);
+        REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    }
+    ~gate() {
+        if (fd >= 0) ::close(fd);
+        std::filesystem::remove(path);
+    }
+    gate(const gate&) = delete;
+    gate& operator=(const gate&) = delete;
+    std::vector<std::string> launcher() const {
+        return {"sh", "-c", "read x < '" + path + "'; exec \"$0\" \"$@\""};
+    }
+    /// Lets n fork servers through (O_RDWR: never waits for a reader).
+    void release(int n = 1) {
+        if (fd < 0) fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+        REQUIRE(fd >= 0);
+        for (int i = 0; i < n; ++i) REQUIRE(::write(fd, "go\n", 3) == 3);
+    }
+    std::string path;
+    int fd = -1;
+};
+
+/// A uv_timer_t on the loop, counting its 1 ms ticks (it does not hold the loop).
+struct ticker {
+    explicit ticker(uvexec::loop& lp) : t(new timer) {
+        uv_timer_init(lp.native(), &t->handle);
+        t->handle.data = t;
+        uv_timer_start(&t->handle, [](uv_timer_t* h) { ++static_cast<timer*>(h->data)->ticks; }, 1, 1);
+        uv_unref(reinterpret_cast<uv_handle_t*>(&t->handle));
+    }
+    ~ticker() {
+        uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* h) { delete static_cast<timer*>(h->data); });
+    }
+    ticker(const ticker&) = delete;
+    ticker& operator=(const ticker&) = delete;
+    int ticks() const { return t->ticks; }
+    struct timer {
+        uv_timer_t handle{};
+        int ticks = 0;
+    };
+    timer* t;
+};
+
+/// The pid of our child that is a fork server (a launcher's shell before
+/// its exec counts: its command line carries the flag), or 0.
+int fork_server_child() {
+    int found = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        const int pid = std::stoi(name);
+        if (ppid_of(pid) == ::getpid() && !gone(pid) && is_fork_server(pid)) found = pid;
+    }
+    return found;
+}
+
+std::string error_text(uvexec::future<int>& f) {
+    try {
+        f.result();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "(no error)";
 }
 
 }  // namespace
@@ -288,6 +362,130 @@ TEST_CASE("a worker program whose main forgot worker_main breaks a forkserver po
         CHECK(text.find("status 121") != std::string::npos);
     }
     lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("the loop runs while the fork server is slow to answer; the call completes once it answers") {
+    uvexec::loop lp;
+    ticker tick(lp);
+    gate g("slow");
+    auto opts = forkserver_options(1);
+    opts.launcher = g.launcher();
+    process_pool_executor ex{std::move(opts)};
+    auto f = lp.run_in_executor(ex, fn<&my_pid>);
+    // Submitting asked the fork server for a worker without waiting for it.
+    CHECK_FALSE(f.done());
+    run_until(lp, [&] { return tick.ticks() >= 10 || f.done(); });
+    CHECK(tick.ticks() >= 10);  // the loop ran while the answer was due
+    CHECK_FALSE(f.done());
+    CHECK(ex.worker_pids().empty());  // no pid before the answer
+    g.release();
+    const int pid = lp.run_until_complete(std::move(f));
+    CHECK(is_fork_server(ppid_of(pid)));
+    CHECK(ex.worker_pids() == std::vector<int>{pid});
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a fork server that never answers fails the start within startup_timeout, saying so; the loop runs meanwhile") {
+    uvexec::loop lp;
+    ticker tick(lp);
+    gate g("never");
+    auto opts = forkserver_options(1);
+    opts.launcher = g.launcher();
+    opts.startup_timeout = std::chrono::milliseconds(500);
+    process_pool_executor ex{std::move(opts)};
+    auto f = lp.run_in_executor(ex, fn<&my_pid>);
+    auto queued = lp.run_in_executor(ex, fn<&my_pid>);  // waits in the queue meanwhile
+    CHECK_FALSE(f.done());
+    run_until(lp, [&] { return fork_server_child() != 0 || f.done(); });
+    const int server = fork_server_child();
+    CHECK(server != 0);
+    run_until(lp, [&] { return tick.ticks() >= 5 || f.done(); });
+    CHECK_FALSE(f.done());
+    settle(lp, std::vector{f, queued});
+    for (auto* x : {&f, &queued}) {
+        const std::string text = error_text(*x);
+        CHECK(text.find("fork server") != std::string::npos);
+        CHECK(text.find("did not answer within 500 ms (startup_timeout); it was killed") != std::string::npos);
+    }
+    run_until(lp, [&] { return gone(server); });
+    CHECK(gone(server));
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("a fork server killed with requests pending fails them, naming the signal; a new one serves the next call") {
+    uvexec::loop lp;
+    gate g("killed");
+    auto opts = forkserver_options(1);
+    opts.launcher = g.launcher();
+    process_pool_executor ex{std::move(opts)};
+    auto a = lp.run_in_executor(ex, fn<&my_pid>);
+    auto b = lp.run_in_executor(ex, fn<&my_pid>);
+    run_until(lp, [&] { return fork_server_child() != 0; });
+    const int server = fork_server_child();
+    REQUIRE(server != 0);
+    REQUIRE(::kill(server, SIGKILL) == 0);
+    settle(lp, std::vector{a, b});
+    for (auto* x : {&a, &b}) {
+        const std::string text = error_text(*x);
+        CHECK(text.find("fork server") != std::string::npos);
+        CHECK(text.find("killed by signal 9 (SIGKILL)") != std::string::npos);
+    }
+    CHECK(ex.live_workers() == 0);
+    g.release();
+    const int pid = lp.run_until_complete(lp.run_in_executor(ex, fn<&my_pid>));
+    CHECK(is_fork_server(ppid_of(pid)));
+    CHECK(ppid_of(pid) != server);
+    lp.run_until_complete(ex.shutdown());
+}
+
+TEST_CASE("shutdown, kill_workers and the loop's end with a fork request pending") {
+    SUBCASE("shutdown waits for the pending worker's call") {
+        uvexec::loop lp;
+        ticker tick(lp);
+        gate g("shutdown");
+        auto opts = forkserver_options(1);
+        opts.launcher = g.launcher();
+        process_pool_executor ex{std::move(opts)};
+        auto f = lp.run_in_executor(ex, fn<&my_pid>);
+        run_until(lp, [&] { return fork_server_child() != 0; });
+        auto done = ex.shutdown();
+        run_until(lp, [&] { return tick.ticks() >= 10 || done.done(); });
+        CHECK_FALSE(done.done());  // the call is due
+        g.release();
+        CHECK(is_fork_server(ppid_of(lp.run_until_complete(std::move(f)))));
+        lp.run_until_complete(std::move(done));
+    }
+    SUBCASE("kill_workers cancels the call and ends the request") {
+        uvexec::loop lp;
+        gate g("kill");
+        auto opts = forkserver_options(1);
+        opts.launcher = g.launcher();
+        process_pool_executor ex{std::move(opts)};
+        auto f = lp.run_in_executor(ex, fn<&my_pid>);
+        run_until(lp, [&] { return fork_server_child() != 0; });
+        const int server = fork_server_child();
+        lp.run_until_complete(ex.kill_workers());
+        settle(lp, std::vector{f});
+        CHECK_THROWS(f.result());
+        CHECK(ex.live_workers() == 0);
+        run_until(lp, [&] { return gone(server); });
+        CHECK(gone(server));
+    }
+    SUBCASE("the loop closes") {
+        int server = 0;
+        {
+            uvexec::loop lp;
+            gate g("close");
+            auto opts = forkserver_options(1);
+            opts.launcher = g.launcher();
+            process_pool_executor ex{std::move(opts)};
+            auto f = lp.run_in_executor(ex, fn<&my_pid>);
+            run_until(lp, [&] { return fork_server_child() != 0; });
+            server = fork_server_child();
+        }
+        CHECK(server != 0);
+        CHECK(gone(server));
+    }
 }
 
 TEST_CASE("start_method forkserver with stdio_channel is refused, naming both") {

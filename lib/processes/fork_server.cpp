@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -35,14 +34,22 @@ struct forked_watch {
     bool held = false;
 };
 
+/// A worker asked of a fork server whose answer has not come yet. The server
+/// answers its requests in order: they wait in a FIFO.
+struct fork_request {
+    child_watch* w = nullptr;  // null once the pool let go of it: a forked worker is then killed
+    fork_server* server = nullptr;
+    fork_request* next = nullptr;
+    bool held = false;  // what the worker asked of hold_child meanwhile, applied to its pidfd watch
+};
+
 class fork_server final : public loop_client {
 public:
     explicit fork_server(loop_core& lp) noexcept : lp_(lp) {}
 
     std::exception_ptr start(std::vector<std::string>& args, std::vector<std::string>& env) noexcept;
-    std::exception_ptr fork(const std::string& name, int child_end, std::chrono::milliseconds timeout, child_watch& w,
-                            int& pid) noexcept;
-    bool usable() const noexcept { return alive_ && control_ >= 0; }
+    std::exception_ptr fork(const std::string& name, int child_end, child_watch& w) noexcept;
+    bool usable() const noexcept { return alive_ && control_ >= 0 && !timed_out_; }
     bool unserved() const noexcept { return unserved_; }
     void release() noexcept {
         close_control();
@@ -68,7 +75,24 @@ public:
     void on_loop_closing() noexcept override {
         if (alive_) ::kill(self_.pid, SIGKILL);  // reaped while the loop drains; its workers are the pool's to kill
     }
-    bool busy() const noexcept override { return alive_ || watches_ != nullptr; }
+    bool busy() const noexcept override { return alive_ || watches_ != nullptr || requests_ != nullptr; }
+
+    /// w's request is dropped (w no longer waits for it): if a worker is
+    /// forked for it, it is killed.
+    void cancel(child_watch& w) noexcept {
+        w.request->w = nullptr;
+        w.request = nullptr;
+    }
+    /// A worker is killed before its server answered: the server is killed
+    /// (its answer may never come), which fails its pending requests.
+    void kill_for(child_watch&) noexcept { kill_server(); }
+    /// The start-up deadline of w passed before its server answered.
+    void timed_out(std::chrono::milliseconds timeout) noexcept {
+        if (!alive_) return;
+        if (!timed_out_) timeout_ = timeout;
+        timed_out_ = true;
+        kill_server();
+    }
     void on_loop_closed() noexcept override { attached_ = false; }
 
 private:
@@ -80,10 +104,31 @@ private:
         if (attached_) lp_.detach(*this);
         delete this;
     }
-    void close_control() noexcept {
-        if (control_ >= 0) ::close(control_);
-        control_ = -1;
+    void kill_server() noexcept {
+        if (!alive_) return;
+        ::kill(self_.pid, SIGKILL);  // not reaped yet: its pid is its own
+        hold_child(self_, true);     // its exit is due (it fails the pending requests)
     }
+    uv_handle_t* control_handle() noexcept { return reinterpret_cast<uv_handle_t*>(&control_poll_); }
+    /// No more requests, nor answers, on the control socket; requests still
+    /// pending fail when the server is reaped (it exits at its socket's EOF).
+    void close_control() noexcept {
+        if (control_ < 0) return;
+        uv_poll_stop(&control_poll_);
+        ::close(control_);
+        control_ = -1;
+        close_handle(control_handle(), [](uv_handle_t* h) noexcept { static_cast<fork_server*>(h->data)->unpin(); });
+    }
+    /// The control poll holds the loop while an answer is due.
+    void hold_control() noexcept {
+        if (control_ < 0) return;
+        if (requests_ != nullptr) uv_ref(control_handle()); else uv_unref(control_handle());
+    }
+    void read_answers() noexcept;
+    void answered(const fork_message& m, int pidfd) noexcept;
+    /// Fails every pending request with why (its server is gone).
+    void fail_requests(const std::string& why) noexcept;
+    static void on_control(uv_poll_t* h, int, int) noexcept { static_cast<fork_server*>(h->data)->read_answers(); }
     void unlink(forked_watch& fw) noexcept {
         for (forked_watch** p = &watches_; *p; p = &(*p)->next)
             if (*p == &fw) {
@@ -135,6 +180,7 @@ private:
         });
     }
     std::string describe_exit() const;
+    std::string describe_status(int status, bool lost) const;
 
     static void on_report(uv_poll_t* h, int, int) noexcept { static_cast<fork_server*>(h->data)->read_reports(); }
     static void on_worker_exit(uv_poll_t* h, int, int) noexcept {
@@ -144,28 +190,47 @@ private:
         fork_server& s = *fw.server;
         if (!s.reports_due()) s.deliver(fw, 0, true);  // else its report is on its way
     }
-    static void on_server_exit(child_watch& w, int, bool) noexcept {
+    std::string timeout_message() const {
+        return fmt::format("it did not answer within {} ms (startup_timeout); it was killed (does the worker "
+                           "program's main() begin with uvexec::worker_main(argc, argv)?)",
+                           timeout_.count());
+    }
+    static void on_server_exit(child_watch& w, int status, bool lost) noexcept {
         auto& s = *static_cast<fork_server*>(w.data);
         s.pin();
-        s.read_reports();  // what it reported before it died
+        s.read_reports();  // what it answered and reported before it died
         s.alive_ = false;
         if (s.pidfd_ >= 0) ::close(s.pidfd_);
         s.pidfd_ = -1;
         s.close_control();
         s.close_reports();
         s.deliver_unreported();
+        if (s.requests_ != nullptr) {
+            std::string why;
+            try {
+                why = s.timed_out_ ? s.timeout_message() : s.describe_status(status, lost);
+            } catch (...) {
+                why.clear();
+            }
+            s.fail_requests(why);
+        }
         s.unpin(2);  // this callback's, and its process's
     }
 
     loop_core& lp_;
     child_watch self_;
-    int control_ = -1;  // blocking; used only while asking for a worker
+    int control_ = -1;  // non-blocking: requests out, answers in (polled while one is due)
     int report_ = -1;
     int pidfd_ = -1;    // of the server: its exit status when it ends during a request
     uv_poll_t report_poll_{};
+    uv_poll_t control_poll_{};
+    fork_request* requests_ = nullptr;  // pending, oldest first
+    fork_request* last_request_ = nullptr;
+    std::chrono::milliseconds timeout_{0};
+    bool timed_out_ = false;  // a start-up deadline passed while it had not answered: it was killed
     forked_watch* watches_ = nullptr;
     int held_ = 0;
-    int pins_ = 0;      // the pool's, its process's, the report handle's, one per watch
+    int pins_ = 0;      // the pool's, its process's, the report and control handles', one per watch
     bool alive_ = false;
     bool report_open_ = false;
     bool attached_ = false;
@@ -238,6 +303,7 @@ std::exception_ptr fork_server::start(std::vector<std::string>& args, std::vecto
     };
     if (ctl[1] < 0 || rep[1] < 0) return fail(errno, "fcntl(F_DUPFD_CLOEXEC) for the fork server");
     ::fcntl(report_, F_SETFL, ::fcntl(report_, F_GETFL) | O_NONBLOCK);
+    ::fcntl(control_, F_SETFL, ::fcntl(control_, F_GETFL) | O_NONBLOCK);
     self_.on_exit = &on_server_exit;
     self_.data = this;
     // Watched before it exists: no exit goes unseen.
@@ -265,6 +331,11 @@ std::exception_ptr fork_server::start(std::vector<std::string>& args, std::vecto
     uv_unref(report_handle());
     report_open_ = true;
     pin();  // the report handle, until closed
+    uv_poll_init(lp_.uv(), &control_poll_, control_);  // a socket: cannot fail
+    control_poll_.data = this;
+    uv_poll_start(&control_poll_, UV_READABLE | UV_DISCONNECT, &on_control);
+    uv_unref(control_handle());  // held while an answer is due
+    pin();  // the control handle, until closed
     lp_.attach(*this);
     attached_ = true;
     return nullptr;
@@ -272,6 +343,7 @@ std::exception_ptr fork_server::start(std::vector<std::string>& args, std::vecto
 
 void fork_server::read_reports() noexcept {
     pin();
+    read_answers();  // a report may follow the answer that made its worker known
     while (report_open_) {
         fork_message m{};
         ssize_t n = ::recv(report_, &m, sizeof m, MSG_DONTWAIT);
@@ -294,11 +366,7 @@ void fork_server::read_reports() noexcept {
 
 std::string fork_server::describe_exit() const {
     siginfo_t si{};
-    if (pidfd_ >= 0) {
-        pollfd p{pidfd_, POLLIN, 0};
-        ::poll(&p, 1, 1000);  // it closed its socket: its exit follows at once
-    }
-    // WNOWAIT: the reaper still reaps it.
+    // WNOHANG: the loop never waits for it; WNOWAIT: the reaper still reaps it.
     if (::waitid(P_PID, static_cast<id_t>(self_.pid), &si, WEXITED | WNOWAIT | WNOHANG) != 0 || si.si_pid == 0)
         return "it closed its control socket";
     if (si.si_code == CLD_EXITED) {
@@ -312,8 +380,21 @@ std::string fork_server::describe_exit() const {
     return fmt::format("it was killed by signal {} (SIG{})", si.si_status, abbrev ? abbrev : "?");
 }
 
-std::exception_ptr fork_server::fork(const std::string& name, int child_end, std::chrono::milliseconds timeout,
-                                     child_watch& w, int& pid) noexcept {
+std::string fork_server::describe_status(int status, bool lost) const {
+    if (lost) return "it exited (its status was taken by another waitpid() in this process)";
+    if (WIFSIGNALED(status)) {
+        const char* abbrev = sigabbrev_np(WTERMSIG(status));
+        return fmt::format("it was killed by signal {} (SIG{})", WTERMSIG(status), abbrev ? abbrev : "?");
+    }
+    std::string how = fmt::format("it exited with status {}", WEXITSTATUS(status));
+    if (WEXITSTATUS(status) == unserved_worker_status) {
+        unserved_ = true;
+        how += ": it was started as a fork server but its main() did not call uvexec::worker_main(argc, argv) first";
+    }
+    return how;
+}
+
+std::exception_ptr fork_server::fork(const std::string& name, int child_end, child_watch& w) noexcept {
     const int server_pid = self_.pid;
     auto broken = [&](auto&& why) {
         close_control();  // this server forks no more workers; it exits at EOF
@@ -322,62 +403,100 @@ std::exception_ptr fork_server::fork(const std::string& name, int child_end, std
         });
     };
     if (!usable()) return broken([] { return std::string("it is gone"); });
-    fd_message req(const_cast<char*>(name.data()), name.size());
-    req.attach(child_end);
+    fork_request* req = nullptr;
+    try {
+        req = new fork_request;
+    } catch (...) {
+        return std::current_exception();
+    }
+    fd_message msg(const_cast<char*>(name.data()), name.size());
+    msg.attach(child_end);
     ssize_t sent;
-    do sent = ::sendmsg(control_, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    do sent = ::sendmsg(control_, &msg.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (sent < 0 && errno == EINTR);
     if (sent < 0) {
         const int err = errno;
+        delete req;
         if (err == EAGAIN) {
-            ::kill(server_pid, SIGKILL);
+            kill_server();
             return broken([] { return std::string("it stopped reading its requests; it was killed"); });
         }
         return broken([&] { return err == EPIPE ? describe_exit() : std::string(std::strerror(err)); });
     }
-    // Its answer: the first request also waits for its exec and start-up.
-    pollfd p{control_, POLLIN, 0};
-    const auto deadline = uv_hrtime() + static_cast<std::uint64_t>(timeout.count()) * 1000000u;
-    for (;;) {
-        const std::uint64_t now = uv_hrtime();
-        const int left = now >= deadline ? 0 : static_cast<int>((deadline - now) / 1000000u) + 1;
-        int r = ::poll(&p, 1, left);
-        if (r > 0) break;
-        if (r < 0 && errno == EINTR) continue;
-        ::kill(server_pid, SIGKILL);
-        return broken([&] {
-            return fmt::format("it did not answer within {} ms (startup_timeout); it was killed (does the worker "
-                               "program's main() begin with uvexec::worker_main(argc, argv)?)",
-                               timeout.count());
-        });
+    // Its answer comes on the control socket (the first also waits for its
+    // exec and start-up); the worker's start-up deadline covers the wait.
+    req->w = &w;
+    req->server = this;
+    if (last_request_) last_request_->next = req; else requests_ = req;
+    last_request_ = req;
+    w.request = req;
+    w.via_fork_server = true;
+    hold_control();
+    return nullptr;
+}
+
+void fork_server::read_answers() noexcept {
+    pin();
+    while (control_ >= 0) {
+        fork_message m{};
+        fd_message answer(&m, sizeof m);
+        ssize_t n = ::recvmsg(control_, &answer.msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        const int pidfd = n > 0 ? answer.received() : -1;
+        if (n != static_cast<ssize_t>(sizeof m) || requests_ == nullptr) {
+            if (pidfd >= 0) ::close(pidfd);
+            // n <= 0: it ended (ECONNRESET when it exited with a request
+            // unread); its pending requests fail once it is reaped, with its
+            // exit status. Anything else breaks the protocol: it is killed.
+            if (n > 0) kill_server();
+            else if (requests_ != nullptr) hold_child(self_, true);  // its exit, which fails them, is due
+            close_control();
+            break;
+        }
+        answered(m, pidfd);
     }
-    fork_message m{};
-    fd_message answer(&m, sizeof m);
-    ssize_t n;
-    do n = ::recvmsg(control_, &answer.msg, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
-    const int pidfd = answer.received();
-    if (n != static_cast<ssize_t>(sizeof m)) {
-        if (pidfd >= 0) ::close(pidfd);
-        // n < 0: ECONNRESET when it exited with a request unread.
-        return broken([&] { return n <= 0 ? describe_exit() : std::string("it sent a malformed answer"); });
-    }
+    unpin();
+}
+
+void fork_server::answered(const fork_message& m, int pidfd) noexcept {
+    fork_request* req = requests_;
+    requests_ = req->next;
+    if (requests_ == nullptr) last_request_ = nullptr;
+    hold_control();
+    child_watch* w = req->w;
+    const bool held = req->held;
+    delete req;
+    if (w) w->request = nullptr;
+    const int server_pid = self_.pid;
     if (m.kind != fork_message::forked || pidfd < 0) {
         if (pidfd >= 0) ::close(pidfd);
+        if (w == nullptr) return;
         const int err = m.kind == fork_message::failed && m.value > 0 ? m.value : EPROTO;
-        return error_ptr([&] { return uv_error(-err, fmt::format("fork in the fork server ({})", server_pid)); });
+        w->on_fork_failed(*w, error_ptr([&] {
+            return uv_error(-err, fmt::format("fork in the fork server ({})", server_pid));
+        }), false);
+        return;
     }
     forked_watch* fw = nullptr;
-    try {
-        fw = new forked_watch;
-    } catch (...) {
+    if (w != nullptr) {
+        try {
+            fw = new forked_watch;
+        } catch (...) {
+            ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);  // reaped by its server; the pool never knew it
+            ::close(pidfd);
+            w->on_fork_failed(*w, std::current_exception(), false);
+            return;
+        }
+    }
+    if (fw == nullptr) {  // the pool let go of it meanwhile
+        ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
         ::close(pidfd);
-        ::kill(m.pid, SIGKILL);  // reaped by its server; the pool never knew it
-        return std::current_exception();
+        return;
     }
     fw->pidfd = pidfd;
     fw->server = this;
-    fw->w = &w;
+    fw->w = w;
     uv_poll_init(lp_.uv(), &fw->poll, pidfd);  // a pidfd polls like a socket
     fw->poll.data = fw;
     uv_poll_start(&fw->poll, UV_READABLE, &on_worker_exit);
@@ -385,11 +504,26 @@ std::exception_ptr fork_server::fork(const std::string& name, int child_end, std
     pin();
     fw->next = watches_;
     watches_ = fw;
-    w.forked = fw;
-    w.via_fork_server = true;
-    w.pid = m.pid;
-    pid = m.pid;
-    return nullptr;
+    w->forked = fw;
+    w->pid = m.pid;
+    if (held) hold(*fw, true);
+    w->on_forked(*w);
+}
+
+void fork_server::fail_requests(const std::string& why) noexcept {
+    const int server_pid = self_.pid;
+    while (fork_request* req = requests_) {
+        requests_ = req->next;
+        if (requests_ == nullptr) last_request_ = nullptr;
+        child_watch* w = req->w;
+        delete req;
+        if (w == nullptr) continue;
+        w->request = nullptr;
+        w->on_fork_failed(*w, error_ptr([&] {
+            return error(fmt::format("uvexec: the fork server ({}) cannot start a worker: {}", server_pid,
+                                     why.empty() ? std::string("it is gone") : why));
+        }), unserved_);
+    }
 }
 
 std::exception_ptr start_fork_server(loop_core& lp, std::vector<std::string>& args, std::vector<std::string>& env,
@@ -408,15 +542,21 @@ std::exception_ptr start_fork_server(loop_core& lp, std::vector<std::string>& ar
 bool fork_server_usable(const fork_server& s) noexcept { return s.usable(); }
 bool fork_server_unserved(const fork_server& s) noexcept { return s.unserved(); }
 
-std::exception_ptr fork_worker(fork_server& s, const std::string& name, int child_end, std::chrono::milliseconds timeout,
-                               child_watch& w, int& pid) noexcept {
-    return s.fork(name, child_end, timeout, w, pid);
+std::exception_ptr fork_worker(fork_server& s, const std::string& name, int child_end, child_watch& w) noexcept {
+    return s.fork(name, child_end, w);
+}
+
+void fork_timed_out(child_watch& w, std::chrono::milliseconds timeout) noexcept {
+    if (w.request) w.request->server->timed_out(timeout);
 }
 
 void release_fork_server(fork_server* s) noexcept {
     if (s) s->release();
 }
 
+void cancel_fork_request(child_watch& w) noexcept { w.request->server->cancel(w); }
+void hold_fork_request(child_watch& w, bool hold) noexcept { w.request->held = hold; }
+void signal_fork_request(child_watch& w) noexcept { w.request->server->kill_for(w); }
 void unwatch_forked(child_watch& w) noexcept { w.forked->server->unwatch(*w.forked); }
 void hold_forked(child_watch& w, bool hold) noexcept { w.forked->server->hold(*w.forked, hold); }
 void signal_forked(child_watch& w, int sig) noexcept {

@@ -179,7 +179,7 @@ void process_pool_core::check_identity(const function_identity& id, std::string_
 std::vector<int> process_pool_core::worker_pids() const {
     std::vector<int> v;
     for (auto* w : slots_)
-        if (w) v.push_back(w->pid);
+        if (w && w->pid != 0) v.push_back(w->pid);  // not a worker whose fork server has not answered yet
     return v;
 }
 
@@ -306,7 +306,7 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         return nullptr;
     }
     int pid = 0;
-    auto e = forked ? fork_from_server(*w, ends[1], pid)
+    auto e = forked ? fork_from_server(*w, ends[1])
                     : spawn_worker_process(args, spawn_env_, ends[1], opts_.stdio_channel, pid);
     ::close(ends[1]);
     if (e) {
@@ -314,33 +314,46 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         spawn_error_ = std::move(e);
         return nullptr;
     }
-    if (forked) hold_child(w->watch, true);  // its hello is due
-    worker_started(*w, pid);
+    if (forked) worker_requested(*w);  // its pid comes with the fork server's answer
+    else worker_started(*w, pid);
     ++recorder_.counters().starts;
     slots_[slot] = w;
     ++live_workers_;
     return w;
 }
 
-std::exception_ptr process_pool_core::fork_from_server(worker_process& w, int child_end, int& pid) noexcept {
+std::exception_ptr process_pool_core::fork_from_server(worker_process& w, int child_end) noexcept {
     // A fork server that died (or stopped answering) is let go of; its
     // workers serve on, watched through their pidfds. A new one starts.
     if (fork_server_ != nullptr && !fork_server_usable(*fork_server_))
         release_fork_server(std::exchange(fork_server_, nullptr));
     if (fork_server_ == nullptr)
         if (auto e = start_fork_server(*loop_, fork_server_args_, spawn_env_, fork_server_)) return e;
-    auto e = fork_worker(*fork_server_, w.name, child_end, opts_.startup_timeout, w.watch, pid);
-    if (e && fork_server_unserved(*fork_server_)) {
-        // As for a spawned worker that forgot worker_main: every start would fail the same way.
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& x) {
-            break_pool(x.what());
-        } catch (...) {
-            break_pool("the fork server failed to start");
-        }
-    }
+    auto e = fork_worker(*fork_server_, w.name, child_end, w.watch);
+    if (e && fork_server_unserved(*fork_server_)) break_with(e);
     return e;
+}
+
+void process_pool_core::break_with(const std::exception_ptr& e) noexcept {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        break_pool(x.what());
+    } catch (...) {
+        break_pool("the fork server failed to start a worker");
+    }
+}
+
+void process_pool_core::fork_failed(const std::exception_ptr& why, bool unserved) noexcept {
+    // As for a spawned worker that forgot worker_main: every start would fail
+    // the same way. Else as a failed spawn, but counted: a fork server that
+    // fails at once must not be restarted for ever.
+    if (unserved || count_failed_start()) {
+        break_with(why);
+        return;
+    }
+    spawn_error_ = why;
+    if (live_workers_ == 0) fail_queued(false, why);
 }
 
 void process_pool_core::send_head(worker_process& w, std::uint64_t now) noexcept {

@@ -84,6 +84,12 @@ public:
     /// its loop closing).
     bool ending() const noexcept { return broken_ || closing_; }
     void break_pool(std::string_view why) noexcept;
+    /// A worker asked of the fork server did not start (why: the server's
+    /// error, its death, or its start-up timeout), and the pool did not mean
+    /// to end it: as a failed spawn, the queued calls fail if no worker is
+    /// left to run them; a server that forgot worker_main, or
+    /// max_failed_starts in a row, break the pool.
+    void fork_failed(const std::exception_ptr& why, bool unserved) noexcept;
     void requeue_front(process_call& call) noexcept;
     /// Takes over the pool's reference to a call whose future was resolved
     /// (or that ends unanswered): notify_ready() runs its waiters later.
@@ -129,10 +135,12 @@ private:
     /// Starts a worker in slot; null (spawn_error_ says why) if it fails.
     worker_process* spawn_worker(std::size_t slot) noexcept;
     /// Asks the fork server (started now if there is none that works) for w's process.
-    std::exception_ptr fork_from_server(worker_process& w, int child_end, int& pid) noexcept;
+    std::exception_ptr fork_from_server(worker_process& w, int child_end) noexcept;
     /// Sends the head of the queue to w.
     void send_head(worker_process& w, std::uint64_t now) noexcept;
     void fail_queued(bool cancel, const std::exception_ptr& why) noexcept;
+    /// Breaks the pool with e's message.
+    void break_with(const std::exception_ptr& e) noexcept;
     /// Binds the pool to lp (the checks of accept() but the queue's bound).
     void bind(loop_core& lp);
     /// Starts workers until min_workers serve; false if a start failed.

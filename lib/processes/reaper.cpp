@@ -122,17 +122,20 @@ int watch_child(loop_core& lp, child_watch& w) noexcept {
 }
 
 void unwatch_child(child_watch& w) noexcept {
-    if (w.forked) unwatch_forked(w);
+    if (w.request) cancel_fork_request(w);
+    else if (w.forked) unwatch_forked(w);
     else if (w.owner) w.owner->remove(w);
 }
 
 void hold_child(child_watch& w, bool hold) noexcept {
-    if (w.forked) hold_forked(w, hold);
+    if (w.request) hold_fork_request(w, hold);
+    else if (w.forked) hold_forked(w, hold);
     else if (w.owner) w.owner->hold(w, hold);
 }
 
 void signal_child(child_watch& w, int sig) noexcept {
-    if (w.forked) signal_forked(w, sig);
+    if (w.request) signal_fork_request(w);
+    else if (w.forked) signal_forked(w, sig);
     else if (w.pid > 0) ::kill(w.pid, sig);
 }
 

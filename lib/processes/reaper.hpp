@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstddef>
+#include <exception>
 
 #include "uvexec/detail/loop_core.hpp"
 
@@ -24,6 +25,7 @@ namespace uvexec::inline v0::detail {
 
 class reaper;
 struct forked_watch;
+struct fork_request;
 
 /// One child as its reaper sees it; embedded in its owner (a worker).
 struct child_watch {
@@ -35,8 +37,18 @@ struct child_watch {
     /// The owner's, as libuv's handle.data.
     void* data = nullptr;
 
-    // The reaper's; or, for a worker forked by a fork server, its pidfd
-    // watch (fork_server.hpp), which the functions below defer to.
+    /// For a worker asked of a fork server (fork_server.hpp): called once the
+    /// server's answer came (pid and the pidfd watch set), or, instead, when
+    /// its start failed (the server answered an error, died, or did not
+    /// answer within the start-up deadline; unserved: it exited 121, its
+    /// main() did not call worker_main first); the watch is then not watched.
+    void (*on_forked)(child_watch& w) noexcept = nullptr;
+    void (*on_fork_failed)(child_watch& w, std::exception_ptr why, bool unserved) noexcept = nullptr;
+
+    // The reaper's; or, for a worker forked by a fork server, its pending
+    // request and then its pidfd watch (fork_server.hpp), which the
+    // functions below defer to.
+    fork_request* request = nullptr;
     forked_watch* forked = nullptr;
     bool via_fork_server = false;  // it was forked by a fork server (kept after its exit)
     reaper* owner = nullptr;

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "../error_ptr.hpp"
+#include "fork_server.hpp"
 #include "pool.hpp"
 #include "uvexec/detail/handle.hpp"
 #include "uvexec/detail/worker.hpp"
@@ -91,6 +92,12 @@ void on_startup_deadline(uv_timer_t* t) noexcept {
     auto& w = *static_cast<worker_process*>(t->data);
     if (w.said_hello) return;
     guard g(*w.pool);
+    if (w.watch.request) {
+        // Its fork server has not answered: it is killed, and this start
+        // fails (on_fork_failed) once it is reaped.
+        fork_timed_out(w.watch, w.pool->options().startup_timeout);
+        return;
+    }
     kill_worker(w, [&] {
         return fmt::format("it did not start serving within {} ms (does its main() begin with "
                            "uvexec::worker_main(argc, argv)?)",
@@ -273,6 +280,50 @@ void finalize_exit(worker_process& w) noexcept {
     pool.pump();  // the calls queued again, on a replacement or another worker
 }
 
+// The fork server answered: w's child exists, watched through its pidfd.
+void on_forked(child_watch& watch) noexcept {
+    auto& w = *static_cast<worker_process*>(watch.data);
+    guard g(*w.pool);
+    w.pid = watch.pid;
+    hold_child(w.watch, true);  // its hello (or its exit) is due
+    if (w.st == worker_process::state::dying) {
+        signal_child(w.watch, SIGKILL);  // killed while it was being forked
+        return;
+    }
+    if (w.st == worker_process::state::starting && !uv_is_active(reinterpret_cast<uv_handle_t*>(&w.timer))) {
+        // Answered as its deadline passed (its server is being killed).
+        kill_worker(w, [&] {
+            return fmt::format("its fork server did not answer within {} ms (startup_timeout)",
+                               w.pool->options().startup_timeout.count());
+        });
+        return;
+    }
+    if ((w.closed_by_us & pipe_bit) != 0) return;  // retiring: its channel's end tells it to exit
+    if (start_reading(w.ch) != 0) kill_worker(w, "its channel could not be read");  // reaped as usual
+}
+
+// The fork server did not fork w's child: w leaves the pool as a worker that
+// never started, its calls go back to the queue.
+void on_fork_failed(child_watch& watch, std::exception_ptr why, bool unserved) noexcept {
+    auto& w = *static_cast<worker_process*>(watch.data);
+    process_pool_core& pool = *w.pool;
+    guard g(pool);
+    // The pool ended it (retired, killed, broken, its loop closing): no failure.
+    const bool meant = w.st == worker_process::state::retiring || w.st == worker_process::state::dying ||
+                       pool.ending();
+    w.exited = true;  // nothing to reap
+    w.exit_status = -2;
+    close_once(w, pipe_bit);
+    close_once(w, timer_bit);
+    pool.forget(w);
+    take_unstarted(w, true, [&](process_call& c) {
+        if (c.state->done()) pool.ready(c);  // cancelled while it waited: it never runs
+        else pool.requeue_front(c);
+    });
+    if (!meant) pool.fork_failed(why, unserved);
+    pool.pump();
+}
+
 // The reaper reaped w's child.
 void on_exit(child_watch& watch, int status, bool status_lost) noexcept {
     auto& w = *static_cast<worker_process*>(watch.data);
@@ -368,6 +419,8 @@ std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd, bool fo
     // worker forked by a fork server is watched by fork_worker instead.
     w.watch.on_exit = &on_exit;
     w.watch.data = &w;
+    w.watch.on_forked = &on_forked;
+    w.watch.on_fork_failed = &on_fork_failed;
     if (forked) return nullptr;
     if (r = watch_child(lp, w.watch); r != 0) {
         close_once(w, pipe_bit);
@@ -382,6 +435,10 @@ void abandon_worker(worker_process& w) noexcept {
     unwatch_child(w.watch);
     close_once(w, pipe_bit);
     close_once(w, timer_bit);
+}
+
+void worker_requested(worker_process& w) noexcept {
+    start_timer(w, w.pool->options().startup_timeout, &on_startup_deadline);
 }
 
 void worker_started(worker_process& w, int pid) noexcept {

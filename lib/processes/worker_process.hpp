@@ -79,11 +79,14 @@ struct worker_process final : channel_owner {
 };
 
 /// Opens w's channel on fd and watches its child (before the child exists;
-/// unless forked: then fork_worker watches it); null, or the error (w is
-/// then closing).
+/// unless forked: then its fork server's answer brings the pidfd watch);
+/// null, or the error (w is then closing).
 std::exception_ptr open_worker(worker_process& w, loop_core& lp, int fd, bool forked = false) noexcept;
 /// The child is started: reading begins.
 void worker_started(worker_process& w, int pid) noexcept;
+/// w's child was asked of a fork server: its start-up deadline runs from
+/// now, and covers the wait for the answer; reading begins with the answer.
+void worker_requested(worker_process& w) noexcept;
 /// Closes what open_worker opened, after a failed spawn.
 void abandon_worker(worker_process& w) noexcept;
 
