@@ -171,6 +171,22 @@ TEST_CASE("a large buffer is reused while large frames come, and given back afte
     CHECK(f.id == 3);
 }
 
+TEST_CASE("a reused buffer (write batch, worker answer) keeps its memory while messages fill a quarter of it") {
+    std::string buf;
+    uvexec::detail::reserve_large(buf, std::size_t{16} << 20);
+    const std::size_t cap = buf.capacity();
+    REQUIRE(cap >= (std::size_t{16} << 20));
+    uvexec::detail::trim_buffer(buf, cap / 4);  // a message as large as that: kept
+    CHECK(buf.capacity() == cap);
+    uvexec::detail::trim_buffer(buf, cap / 4 - 1);  // a smaller one: given back
+    CHECK(buf.capacity() < (std::size_t{1} << 20));
+    std::string small;
+    small.reserve(1u << 20);  // up to 1 MiB is always kept
+    const std::size_t small_cap = small.capacity();
+    uvexec::detail::trim_buffer(small, 0);
+    CHECK(small.capacity() == small_cap);
+}
+
 TEST_CASE("corrupt lengths are still rejected, from the length alone, and nothing is allocated for them") {
     SUBCASE("over max_frame") {
         frame_decoder dec(1u << 20);
