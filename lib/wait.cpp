@@ -1,11 +1,10 @@
 // uvexec — wait_core: completion callbacks plus one deadline timer, no polling.
 #include "uvexec/detail/wait_core.hpp"
 
-#include <sys/mman.h>
-
 #include <new>
 
 #include "uvexec/detail/loop_core.hpp"
+#include "uvexec/detail/pages.hpp"
 
 namespace uvexec::inline v0::detail {
 
@@ -17,19 +16,22 @@ wait_core::wait_core(std::vector<future_state_base*> states, until condition,
     // doubling vector (a million-future gather otherwise copies and frees
     // megabytes while completions arrive).
     order_.reserve(states_.size());
+    advise_huge_pages(order_.data(), order_.capacity() * sizeof(std::size_t));
 }
 
 // A node array this large (a wait on some 18,000 futures or more) is mapped
-// with MAP_POPULATE: every node is written at once anyway, and populating the
-// pages in one system call costs far less than a page fault per 4 KiB (malloc
-// would map it too, being over its mmap threshold, and fault it in page by page).
+// on its own and asked for transparent huge pages before its nodes are
+// written: a page fault per 4 KiB costs a million-future gather a sixth of its
+// time on a VM, where a fault per 2 MiB costs next to nothing (see
+// docs/performance.md, "Page faults"). Without huge pages it is populated in
+// one system call, which still beats a fault per page.
 constexpr std::size_t populate_threshold = std::size_t{1} << 20;
 
 wait_core::node_array::node_array(std::size_t count) : n(count) {
     const std::size_t bytes = count * sizeof(node);
     if (bytes >= populate_threshold) {
-        void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (m != MAP_FAILED) {
+        void* m = map_fresh(bytes);
+        if (m != nullptr) {
             mapped = bytes;
             p = static_cast<node*>(m);
             for (std::size_t i = 0; i < count; ++i) ::new (static_cast<void*>(p + i)) node();
@@ -45,7 +47,7 @@ wait_core::node_array::~node_array() {
         return;
     }
     for (std::size_t i = 0; i < n; ++i) p[i].~node();
-    ::munmap(p, mapped);
+    unmap_fresh(p, mapped);
 }
 
 wait_core::~wait_core() = default;  // nodes unlink themselves; the timer closes itself

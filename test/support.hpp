@@ -59,6 +59,22 @@ inline std::string vm_flags_at(const void* p) {
     return "";
 }
 
+/// The bytes of this process's mappings advised to use huge pages ("hg" in
+/// their VmFlags).
+inline std::size_t huge_advised_bytes() {
+    std::ifstream f("/proc/self/smaps");
+    std::size_t total = 0, size = 0;
+    for (std::string line; std::getline(f, line);) {
+        unsigned long lo = 0, hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+            size = hi - lo;
+        } else if (line.rfind("VmFlags:", 0) == 0 && line.find(" hg") != std::string::npos) {
+            total += size;
+        }
+    }
+    return total;
+}
+
 /// Counts copies, moves and live objects (cppcoro's `counted`).
 struct counted {
     static inline std::atomic<int> copies{0}, moves{0}, alive{0};

@@ -215,6 +215,31 @@ TEST_CASE("gather and wait over tens of thousands of futures: input order, compl
     CHECK(in_order);
 }
 
+TEST_CASE("a wait on hundreds of thousands of futures asks for huge pages for its nodes") {
+    // The node block is written once, right after it is mapped: with 4 KiB
+    // pages that first touch costs a page fault each (lib/pages.cpp).
+    if (!test::huge_pages_available()) {
+        MESSAGE("skipped: this kernel has no transparent huge pages");
+        return;
+    }
+    constexpr int n = 300000;  // nodes of 40 bytes or more: past the 4 MiB advice threshold
+    uvexec::loop lp;
+    std::vector<promise<int>> ps;
+    ps.reserve(n);
+    std::vector<future<int>> fs;
+    for (int i = 0; i < n; ++i) {
+        ps.emplace_back(lp);
+        fs.push_back(ps.back().get_future());
+    }
+    const std::size_t before = test::huge_advised_bytes();
+    auto g = lp.spawn(uvexec::gather(std::move(fs)));
+    REQUIRE_FALSE(g.done());
+    CHECK(test::huge_advised_bytes() >= before + (std::size_t{4} << 20));
+    for (int i = 0; i < n; ++i) ps[static_cast<std::size_t>(i)].set_value(i);
+    REQUIRE(g.done());
+    CHECK(g.result().back() == n - 1);
+}
+
 }  // TEST_SUITE
 
 TEST_SUITE("as_completed") {

@@ -7,7 +7,6 @@
 #include <new>
 #include <utility>
 
-#include <sys/mman.h>
 
 #include <fmt/format.h>
 
@@ -37,20 +36,6 @@ std::uint64_t get_u64(const char* p) noexcept {
     std::uint64_t v = 0;
     for (int i = 0; i < 8; ++i) v |= std::uint64_t(static_cast<unsigned char>(p[i])) << (8 * i);
     return v;
-}
-
-void advise_huge_pages(void* p, std::size_t n) noexcept {
-#ifdef MADV_HUGEPAGE
-    constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
-    if (p == nullptr || n < huge_page_advice_threshold) return;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
-    const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(huge - 1);
-    // Errors (EINVAL without THP, say) are ignored: the advice is only a hint.
-    if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)n;
-#endif
 }
 
 void reserve_large(std::string& s, std::size_t n) {

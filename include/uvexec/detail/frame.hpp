@@ -9,6 +9,7 @@
 #pragma once
 
 #include "uvexec/detail/config.hpp"
+#include "uvexec/detail/pages.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -51,19 +52,6 @@ void put_frame_header(char* out, frame_kind kind, std::uint64_t id, std::size_t 
 
 void put_u64(std::string& out, std::uint64_t v);
 
-/// Buffers at least this large are advised to use transparent huge pages.
-inline constexpr std::size_t huge_page_advice_threshold = std::size_t{4} << 20;
-
-/// A large message's buffers (a frame, the decoder's buffer, a decoded
-/// string) are written once right after they are allocated, so what they cost
-/// is mostly their first touch: one page fault per 4 KiB, which on a virtual
-/// machine can cost more than copying the page (50 ms per fresh 16 MiB against
-/// 0.9 ms to rewrite them on the project's machine; docs/performance.md).
-/// Advises the kernel to back the whole 2 MiB pages inside [p, p + n) with
-/// transparent huge pages (madvise MADV_HUGEPAGE) when n is at least
-/// huge_page_advice_threshold; a hint only, which changes no byte and does
-/// nothing where the kernel has no such pages.
-void advise_huge_pages(void* p, std::size_t n) noexcept;
 /// s.reserve(n), advising huge pages for what it allocated (above).
 void reserve_large(std::string& s, std::size_t n);
 /// A buffer reused from message to message (the parent's write batch, a
