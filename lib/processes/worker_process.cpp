@@ -44,6 +44,16 @@ std::string exit_description(const worker_process& w) {
     return how;
 }
 
+/// "pid (name)" of the process the pool started and, when that is a launcher
+/// (the worker said another pid, or runs on another host), the worker's own
+/// pid and host as its hello gave them.
+std::string describe_worker(const worker_process& w) {
+    if (w.said_hello && (w.worker_pid != w.pid || w.pool->options().launcher.remote))
+        return fmt::format("{} ({}; the worker itself is pid {} on host {})", w.pid, w.name, w.worker_pid,
+                           w.host.empty() ? std::string("(unnamed)") : w.host);
+    return fmt::format("{} ({})", w.pid, w.name);
+}
+
 worker_process& worker_of(uv_handle_t* h) noexcept {
     if (h->type == UV_TIMER) return *static_cast<worker_process*>(h->data);
     return static_cast<worker_process&>(*static_cast<channel*>(h->data)->owner);
@@ -133,17 +143,29 @@ void protocol_violation(worker_process& w, What&& what) noexcept {
 
 void on_hello(worker_process& w, const frame& f) noexcept {
     std::uint32_t version = 0;
+    std::string host;
+    bool whole = false;
     try {
-        decode_from(f.payload, version);
-    } catch (const std::exception&) {
-        version = 0;
+        // The version first: a worker of another version may say the rest otherwise.
+        decode_from(f.payload.substr(0, sizeof version), version);
+        if (version == protocol_version) {
+            decode_from(f.payload, version, host);
+            whole = true;
+        }
+    } catch (...) {  // uvexec::error (malformed), std::bad_alloc (the host name)
+        whole = false;
     }
-    if (w.said_hello || version != protocol_version) {
-        protocol_violation(
-            w, [&] { return fmt::format("a hello for protocol {} (expected {})", version, protocol_version); });
+    if (w.said_hello || !whole) {
+        protocol_violation(w, [&] {
+            return w.said_hello || version != protocol_version
+                       ? fmt::format("a hello for protocol {} (expected {})", version, protocol_version)
+                       : std::string("a malformed hello");
+        });
         return;
     }
     w.said_hello = true;
+    w.worker_pid = static_cast<int>(f.id);
+    w.host = std::move(host);
     w.pool->on_worker_ready();
     if (w.st == worker_process::state::starting) {
         w.st = worker_process::state::ready;
@@ -204,7 +226,7 @@ void on_init_failed(worker_process& w, const frame& f) noexcept {
     }
     try {
         auto [type, what] = remote_report(f.payload);
-        pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", w.pid, type, what));
+        pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", describe_worker(w), type, what));
     } catch (...) {
         pool.break_pool("the initializer failed in worker (its report was lost: out of memory)");
     }
@@ -271,8 +293,8 @@ void finalize_exit(worker_process& w) noexcept {
     }
     if (running != nullptr) {
         running->state->resolve_exception(error_ptr([&] {
-            return worker_died_error(fmt::format("uvexec: worker process {} ({}) died while running this call: {}",
-                                                 w.pid, w.name, exit_description(w)),
+            return worker_died_error(fmt::format("uvexec: worker process {} died while running this call: {}",
+                                                 describe_worker(w), exit_description(w)),
                                      w.pid, static_cast<int>(w.exit_status), w.term_signal);
         }));
         pool.ready(*running);
