@@ -40,7 +40,8 @@ std::string exit_description(const worker_process& w) {
         how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
     if (const auto& cpu = w.pool->options().limits.cpu_time; w.term_signal == SIGXCPU && cpu)
         how += fmt::format(": the call used more CPU time than limits.cpu_time ({} s) allows", cpu->count());
-    if (!w.fault.empty()) how = w.fault + "; it was " + how;
+    if (!w.fault.empty())  // "...; it was killed by ...", "...; it exited with ...", "...; its exit status is ..."
+        how = w.fault + (w.term_signal != 0 ? "; it was " : w.exit_status >= 0 ? "; it " : "; ") + how;
     return how;
 }
 
@@ -406,9 +407,16 @@ void worker_process::on_channel_data() noexcept {
 void worker_process::on_channel_end() noexcept {
     // EOF or an error: the worker is exiting (its exit follows) or closed its
     // channel while alive, which it may not do. Either way it takes no more calls.
+    // Behind a remote launcher the end comes first whenever the far side ends
+    // (ssh closes its stdout, then exits): the pool cannot tell which.
     if (exited) return;
     guard g(*pool);
-    set_fault(*this, [] { return std::string("it closed its channel while alive"); });
+    set_fault(*this, [&] {
+        return std::string(pool->options().launcher.remote
+                               ? "its launcher ended the channel (the remote worker exited or closed it, or the "
+                                 "connection was lost)"
+                               : "it closed its channel while alive");
+    });
     st = state::dying;
     hold_loop(*this, true);
     start_timer(*this, std::chrono::milliseconds(1000), &on_grace_over);

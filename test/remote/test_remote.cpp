@@ -157,6 +157,21 @@ TEST_CASE("ssh: a worker executable whose main forgot worker_main is refused acr
     lp.run_until_complete(ex.shutdown());
 }
 
+TEST_CASE("ssh: an executable missing on the far side fails its starts (status 127) and then breaks the pool") {
+    if (!sshd_ready()) return;
+    uvexec::loop lp;
+    const std::string missing = (the_sshd->dir() / "no such worker").string();
+    process_pool_executor ex{{.max_workers = 1, .worker_executable = missing, .launcher = ssh_to_localhost()}};
+    auto f = lp.run_in_executor(ex, fn<&remote::square>, 3);
+    settle(lp, std::vector{f});
+    CHECK_THROWS_AS(f.result(), uvexec::broken_executor_error);
+    const std::string text = error_text(f);
+    CAPTURE(text);
+    CHECK(text.find("in a row failed to start") != std::string::npos);
+    CHECK(text.find("exited with status 127") != std::string::npos);
+    lp.run_until_complete(ex.shutdown());
+}
+
 TEST_CASE("ssh: a SIGKILLed remote worker fails its call with worker_died_error naming its pid and host; the pool heals") {
     if (!sshd_ready()) return;
     uvexec::loop lp;
@@ -175,6 +190,7 @@ TEST_CASE("ssh: a SIGKILLed remote worker fails its call with worker_died_error 
     CHECK(text.find("worker process " + std::to_string(launcher)) != std::string::npos);
     CHECK(text.find("the worker itself is pid " + std::to_string(worker) + " on host " + this_host()) !=
           std::string::npos);
+    CHECK(text.find("its launcher ended the channel") != std::string::npos);
     try {
         f.result();
     } catch (const uvexec::worker_died_error& e) {
