@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "../gate.hpp"
@@ -104,9 +105,11 @@ TEST_CASE("ssh: results and binary payloads (every byte value, 1 MiB) round trip
     const auto launchers = ex.worker_pids();
     CHECK(std::find(launchers.begin(), launchers.end(), worker) == launchers.end());
     CHECK_FALSE(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::sees_test_variable>)));
-    const char* home = std::getenv("HOME");
-    if (home != nullptr)
-        CHECK(std::filesystem::equivalent(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::cwd>)), home));
+    // sshd starts the command in the user's home from the password database
+    // (not the test's $HOME, which CI may set elsewhere).
+    const passwd* me = ::getpwuid(::getuid());
+    REQUIRE(me != nullptr);
+    CHECK(std::filesystem::equivalent(lp.run_until_complete(lp.run_in_executor(ex, fn<&work::cwd>)), me->pw_dir));
     lp.run_until_complete(ex.shutdown());
     CHECK(ex.live_workers() == 0);
 }
