@@ -102,7 +102,8 @@ bool server_core::start(uv_connection_cb on_connection, uv_signal_cb on_signal, 
             };
             if (opts.pool_nice > 0) process_options.launcher = {"nice", "-n", std::to_string(opts.pool_nice)};
             if (pool_set) {
-                process_options.launcher.insert(process_options.launcher.end(), {"taskset", "-c", opts.pool_cpus});
+                auto& words = process_options.launcher.words;
+                words.insert(words.end(), {"taskset", "-c", opts.pool_cpus});
             }
         }
         if (opts.max_queue > 0) thread_options.max_queue = process_options.max_queue = opts.max_queue;

@@ -42,10 +42,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     const int fd = 3;
-    std::string hello;
-    uvexec::detail::append_frame_header(hello, uvexec::detail::frame_kind::hello,
-                                        static_cast<std::uint64_t>(::getpid()), 4);
-    uvexec::detail::encode_into(hello, uvexec::detail::protocol_version);
+    std::string hello, payload;
+    uvexec::detail::encode_into(payload, uvexec::detail::protocol_version, std::string("garbage-host"));
+    uvexec::detail::append_frame(hello, uvexec::detail::frame_kind::hello, static_cast<std::uint64_t>(::getpid()),
+                                 payload);
     write_all(fd, hello);
     char buf[4096];
     if (::read(fd, buf, sizeof buf) <= 0) ::_exit(0);

@@ -135,6 +135,17 @@ uvexec::task<void> wait_all(std::vector<uvexec::future<T>> fs) {
 }
 }  // namespace detail
 
+/// The what() of the exception f holds ("" when it holds a value).
+template <class T>
+std::string error_text(uvexec::future<T>& f) {
+    try {
+        (void)f.result();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return {};
+}
+
 /// Runs lp until every future in fs is done, whatever their outcome.
 template <class T>
 void settle(uvexec::loop& lp, std::vector<uvexec::future<T>> fs) {

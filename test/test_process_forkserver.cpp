@@ -166,15 +166,6 @@ int fork_server_child() {
     return found;
 }
 
-std::string error_text(uvexec::future<int>& f) {
-    try {
-        f.result();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
-
 }  // namespace
 
 TEST_SUITE("process_forkserver") {

@@ -170,16 +170,6 @@ bool reaped(int pid) {
     return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == -1 && errno == ECHILD;
 }
 
-template <class T>
-std::string error_text(future<T>& f) {
-    try {
-        f.result();
-    } catch (const std::exception& e) {
-        return e.what();
-    }
-    return {};
-}
-
 }  // namespace
 
 TEST_SUITE("process_pool") {

@@ -2,7 +2,7 @@
 //
 // Python: concurrent.futures.ProcessPoolExecutor. A worker is the running
 // executable started again with posix_spawn (or a dedicated worker executable,
-// optionally behind a launcher such as `taskset -c 1` or `srun`); `main`
+// optionally behind a launcher such as `taskset -c 1`, ssh or srun); `main`
 // begins with uvexec::worker_main(argc, argv), which serves the pool when the
 // process is a worker and returns at once when it is not. Each worker gets a
 // private duplex channel on descriptor 3; its stdout and stderr stay the
@@ -32,6 +32,7 @@
 #include "uvexec/detail/remote.hpp"
 #include "uvexec/error.hpp"
 #include "uvexec/fn.hpp"
+#include "uvexec/launchers.hpp"
 #include "uvexec/future.hpp"
 #include "uvexec/loop.hpp"
 #include "uvexec/map.hpp"
@@ -118,13 +119,17 @@ struct process_pool_options {
     /// The worker program; empty means this executable (uv_exepath). It must
     /// call uvexec::worker_main first and name the same functions.
     std::string worker_executable{};
-    /// Words put in front of the worker's command line, e.g. {"taskset", "-c", "1"},
-    /// {"srun", "-n1"} or {"ssh", "host"}. The launcher must pass descriptor 3
-    /// through to the worker (exec does), or set stdio_channel.
-    std::vector<std::string> launcher{};
+    /// What is put in front of the worker's command line: plain words such as
+    /// {"taskset", "-c", "1"} (the launcher must pass descriptor 3 through to
+    /// the worker, as exec does, or set stdio_channel), or a launcher value:
+    /// uvexec::ssh_launcher("host"), uvexec::srun_launcher(), which set the
+    /// stdio channel and quote the command line as their launcher needs (see
+    /// launchers.hpp and docs/remote-workers.md).
+    launcher_spec launcher{};
     /// Put the worker's channel on its stdin and stdout instead of descriptor
-    /// 3, for launchers that forward only stdio (ssh). worker_main then points
-    /// the worker's stdout at its stderr, so its prints still reach the terminal.
+    /// 3, for launchers that forward only stdio (set by ssh_launcher and
+    /// srun_launcher). worker_main then points the worker's stdout at its
+    /// stderr, so its prints still reach the terminal.
     bool stdio_channel = false;
     /// How workers are started: posix_spawn each (the default), or fork each
     /// from a fork server (process_start_method::forkserver). Python:

@@ -9,6 +9,7 @@
 #include "uvexec/future.hpp"
 #include "uvexec/gather.hpp"
 #include "uvexec/fn.hpp"
+#include "uvexec/launchers.hpp"
 #include "uvexec/loop.hpp"
 #include "uvexec/map.hpp"
 #include "uvexec/process_pool_executor.hpp"

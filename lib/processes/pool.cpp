@@ -88,11 +88,12 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
     std::string exe = opts_.worker_executable.empty() ? self : opts_.worker_executable;
     names_only_ = !same_file(exe, self);
     if (opts_.initializer) check_identity(opts_.initializer->id, opts_.initializer->name);
-    spawn_args_ = opts_.launcher;
-    spawn_args_.push_back(exe);
-    spawn_args_.push_back(worker_flag);
-    spawn_args_.push_back(std::to_string(opts_.max_frame_size));
-    // Worker name and parent pid are appended per worker.
+    // A launcher that forwards only stdio (ssh, srun) sets the stdio channel:
+    // from here on opts_.stdio_channel says where the channel goes.
+    if (opts_.launcher.stdio_channel) opts_.stdio_channel = true;
+    spawn_args_ = {exe, worker_flag, std::to_string(opts_.max_frame_size)};
+    // Worker name and parent pid are appended per worker, then the launcher
+    // put in front (launch_command: quoted for a remote shell if it asks).
     // The workers' environment is a copy of ours, taken now; ours is never
     // changed (other threads of the host may be reading it). A worker knows it
     // is one from its command line.
@@ -121,12 +122,17 @@ process_pool_core::process_pool_core(process_pool_options opts) : opts_(std::mov
         // Its workers' channels cross a Unix socket and its workers are
         // watched through pidfds: it must run on this machine, with the
         // channel on a descriptor.
+        if (opts_.launcher.remote)
+            throw std::invalid_argument(
+                "uvexec::process_pool_executor: start_method forkserver cannot be used with a remote launcher "
+                "(ssh_launcher, srun_launcher: the fork server passes descriptors and pidfds, which do not cross "
+                "hosts); use start_method spawn");
         if (opts_.stdio_channel)
             throw std::invalid_argument(
                 "uvexec::process_pool_executor: start_method forkserver cannot be used with stdio_channel (a fork "
                 "server passes each worker's channel as a descriptor, which a launcher that forwards only stdio "
                 "cannot carry); use start_method spawn");
-        fork_server_args_ = opts_.launcher;
+        fork_server_args_ = opts_.launcher.words;
         fork_server_args_.push_back(exe);
         fork_server_args_.push_back(fork_server_flag);
         fork_server_args_.push_back(std::to_string(opts_.max_frame_size));
@@ -277,11 +283,12 @@ worker_process* process_pool_core::spawn_worker(std::size_t slot) noexcept {
         w = new worker_process(*this, opts_.max_frame_size);
         w->slot = slot;
         w->name = fmt::format("{}_{}", prefix_, slot);
-        args = spawn_args_;
-        args.push_back(w->name);
-        args.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
-        args.push_back(opts_.stdio_channel ? "stdio" : std::to_string(channel_fd));
-        if (!limits_word_.empty()) args.push_back(limits_word_);
+        std::vector<std::string> words = spawn_args_;
+        words.push_back(w->name);
+        words.push_back(opts_.launcher.empty() ? std::to_string(::getpid()) : "0");
+        words.push_back(opts_.stdio_channel ? "stdio" : std::to_string(channel_fd));
+        if (!limits_word_.empty()) words.push_back(limits_word_);
+        args = launch_command(opts_.launcher, std::move(words));
         if (opts_.initializer) {
             std::string key;
             put_u64(key, opts_.initializer->id.key);

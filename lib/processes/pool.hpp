@@ -161,7 +161,7 @@ private:
     schedule_policy policy_;
     call_costs costs_;
     std::string prefix_;
-    std::vector<std::string> spawn_args_;  // launcher..., exe, worker flags (name added per worker)
+    std::vector<std::string> spawn_args_;  // exe, worker flags (name added per worker, launcher put in front)
     std::vector<std::string> spawn_env_;
     std::vector<std::string> fork_server_args_;  // launcher..., exe, fork server flags (start_method forkserver)
     fork_server* fork_server_ = nullptr;          // the pool's current fork server, if it has one

@@ -343,10 +343,20 @@ void serve_frame(int fd, std::size_t max_frame, const frame& f, std::string& out
     }
 }
 
+/// The hello's payload: the protocol version and this host's name.
+std::string hello_payload() {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    std::string payload;
+    encode_into(payload, protocol_version, std::string(host));
+    return payload;
+}
+
 [[noreturn]] void serve(int in, int fd, std::size_t max_frame) {
+    // Its pid and host: behind a launcher (ssh, srun) the parent knows only
+    // the launcher's pid, and reports a death with these.
     std::string out;
-    append_frame_header(out, frame_kind::hello, static_cast<std::uint64_t>(::getpid()), 4);
-    encode_into(out, protocol_version);
+    append_frame(out, frame_kind::hello, static_cast<std::uint64_t>(::getpid()), hello_payload());
     write_all(fd, out);
 
     channel_reader rd(in, max_frame);

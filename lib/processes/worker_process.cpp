@@ -40,8 +40,19 @@ std::string exit_description(const worker_process& w) {
         how += ": it was started as a worker but its main() did not call uvexec::worker_main(argc, argv) first";
     if (const auto& cpu = w.pool->options().limits.cpu_time; w.term_signal == SIGXCPU && cpu)
         how += fmt::format(": the call used more CPU time than limits.cpu_time ({} s) allows", cpu->count());
-    if (!w.fault.empty()) how = w.fault + "; it was " + how;
+    if (!w.fault.empty())  // "...; it was killed by ...", "...; it exited with ...", "...; its exit status is ..."
+        how = w.fault + (w.term_signal != 0 ? "; it was " : w.exit_status >= 0 ? "; it " : "; ") + how;
     return how;
+}
+
+/// "pid (name)" of the process the pool started and, when that is a launcher
+/// (the worker said another pid, or runs on another host), the worker's own
+/// pid and host as its hello gave them.
+std::string describe_worker(const worker_process& w) {
+    if (w.said_hello && (w.worker_pid != w.pid || w.pool->options().launcher.remote))
+        return fmt::format("{} ({}; the worker itself is pid {} on host {})", w.pid, w.name, w.worker_pid,
+                           w.host.empty() ? std::string("(unnamed)") : w.host);
+    return fmt::format("{} ({})", w.pid, w.name);
 }
 
 worker_process& worker_of(uv_handle_t* h) noexcept {
@@ -133,17 +144,29 @@ void protocol_violation(worker_process& w, What&& what) noexcept {
 
 void on_hello(worker_process& w, const frame& f) noexcept {
     std::uint32_t version = 0;
+    std::string host;
+    bool whole = false;
     try {
-        decode_from(f.payload, version);
-    } catch (const std::exception&) {
-        version = 0;
+        // The version first: a worker of another version may say the rest otherwise.
+        decode_from(f.payload.substr(0, sizeof version), version);
+        if (version == protocol_version) {
+            decode_from(f.payload, version, host);
+            whole = true;
+        }
+    } catch (...) {  // uvexec::error (malformed), std::bad_alloc (the host name)
+        whole = false;
     }
-    if (w.said_hello || version != protocol_version) {
-        protocol_violation(
-            w, [&] { return fmt::format("a hello for protocol {} (expected {})", version, protocol_version); });
+    if (w.said_hello || !whole) {
+        protocol_violation(w, [&] {
+            return w.said_hello || version != protocol_version
+                       ? fmt::format("a hello for protocol {} (expected {})", version, protocol_version)
+                       : std::string("a malformed hello");
+        });
         return;
     }
     w.said_hello = true;
+    w.worker_pid = static_cast<int>(f.id);
+    w.host = std::move(host);
     w.pool->on_worker_ready();
     if (w.st == worker_process::state::starting) {
         w.st = worker_process::state::ready;
@@ -204,7 +227,7 @@ void on_init_failed(worker_process& w, const frame& f) noexcept {
     }
     try {
         auto [type, what] = remote_report(f.payload);
-        pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", w.pid, type, what));
+        pool.break_pool(fmt::format("the initializer failed in worker {}: {}: {}", describe_worker(w), type, what));
     } catch (...) {
         pool.break_pool("the initializer failed in worker (its report was lost: out of memory)");
     }
@@ -271,8 +294,8 @@ void finalize_exit(worker_process& w) noexcept {
     }
     if (running != nullptr) {
         running->state->resolve_exception(error_ptr([&] {
-            return worker_died_error(fmt::format("uvexec: worker process {} ({}) died while running this call: {}",
-                                                 w.pid, w.name, exit_description(w)),
+            return worker_died_error(fmt::format("uvexec: worker process {} died while running this call: {}",
+                                                 describe_worker(w), exit_description(w)),
                                      w.pid, static_cast<int>(w.exit_status), w.term_signal);
         }));
         pool.ready(*running);
@@ -384,9 +407,16 @@ void worker_process::on_channel_data() noexcept {
 void worker_process::on_channel_end() noexcept {
     // EOF or an error: the worker is exiting (its exit follows) or closed its
     // channel while alive, which it may not do. Either way it takes no more calls.
+    // Behind a remote launcher the end comes first whenever the far side ends
+    // (ssh closes its stdout, then exits): the pool cannot tell which.
     if (exited) return;
     guard g(*pool);
-    set_fault(*this, [] { return std::string("it closed its channel while alive"); });
+    set_fault(*this, [&] {
+        return std::string(pool->options().launcher.remote
+                               ? "its launcher ended the channel (the remote worker exited or closed it, or the "
+                                 "connection was lost)"
+                               : "it closed its channel while alive");
+    });
     st = state::dying;
     hold_loop(*this, true);
     start_timer(*this, std::chrono::milliseconds(1000), &on_grace_over);

@@ -43,7 +43,9 @@ struct worker_process final : channel_owner {
     channel ch;
     child_watch watch;
     uv_timer_t timer{};  // start-up deadline, then the grace period of a retiring worker
-    int pid = 0;
+    int pid = 0;                // the process the pool started (behind a launcher: the launcher)
+    int worker_pid = 0;         // the worker's own pid, from its hello (0 before it)
+    std::string host;           // the worker's host name, from its hello
     state st = state::starting;
     bool said_hello = false;
     bool exited = false;

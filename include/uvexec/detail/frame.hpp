@@ -19,7 +19,7 @@
 namespace uvexec::inline v0::detail {
 
 /// Protocol version; a worker built from other uvexec sources says so in HELLO.
-inline constexpr std::uint32_t protocol_version = 4;
+inline constexpr std::uint32_t protocol_version = 5;
 
 enum class frame_kind : std::uint8_t {
     // parent -> worker
@@ -27,7 +27,7 @@ enum class frame_kind : std::uint8_t {
     init = 2,  // id = 0; payload = u64 function key and u64 module offset of the initializer
     cancel = 3,  // id = task id of a call sent earlier whose function takes a std::stop_token; no payload
     // worker -> parent
-    hello = 16,        // id = worker pid; payload = u32 protocol version
+    hello = 16,        // id = worker pid; payload = u32 protocol version, then (from version 5) its host name
     result = 17,       // id = task id; payload = the result's archive
     error = 18,        // id = task id; payload = the archive of (type name, what()) of the exception
     init_failed = 19,  // id = 0; payload = remote error
